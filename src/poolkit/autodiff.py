@@ -1,0 +1,72 @@
+"""Gradients: one entry point, :func:`vjp`, for every differentiable op.
+
+Each op registers a rule with :func:`defvjp` beside its definition. A rule
+takes the op's own arguments and returns the op's result with a pullback that
+maps an output gradient ``dy`` to the input gradient ``dx`` (and, for ops with
+learnable parameters, their gradients too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import PoolingTypeError
+
+_RULES: dict[Callable, Callable] = {}
+
+
+def defvjp(op: Callable, rule: Callable) -> None:
+    """Register ``rule(x, *args, **params) -> (y, pullback)`` as the gradient rule of ``op``."""
+    _RULES[op] = rule
+
+
+def vjp(op: Callable, x: Any, *args: Any, **params: Any) -> tuple[Any, Callable]:
+    """Run ``op(x, *args, **params)`` and return its result with a pullback.
+
+    ``pullback(dy)`` returns ``dx``, the gradient of ``sum(dy * y)`` with
+    respect to ``x``, in ``x``'s layout; ``dy`` has the shape of ``y`` (the
+    pooled values, not the indices, when ``return_indices=True``). Pullbacks
+    are deterministic: overlapping windows add their contributions in a fixed
+    order.
+
+    Parameters
+    ----------
+    op : callable
+        A poolkit op, such as :func:`poolkit.max_pool2d` or :func:`poolkit.avg_pool`.
+    x : array_like
+        The input.
+    *args, **params
+        The op's other arguments, exactly as the op takes them.
+
+    Returns
+    -------
+    (result, pullback)
+        ``result`` is what ``op`` returns.
+
+    Raises
+    ------
+    PoolingTypeError
+        ``op`` has no registered gradient.
+
+    Examples
+    --------
+    >>> import numpy as np, poolkit as pk
+    >>> x = np.array([[[1., 3., 2., 2.]]])
+    >>> y, pullback = pk.vjp(pk.max_pool1d, x, 2)
+    >>> y
+    array([[[3., 2.]]])
+    >>> pullback(np.ones_like(y))     # ties go to the first maximum
+    array([[[0., 1., 1., 0.]]])
+    >>> y, pullback = pk.vjp(pk.avg_pool, x, 2)
+    >>> pullback(np.ones_like(y))
+    array([[[0.5, 0.5, 0.5, 0.5]]])
+    """
+    try:
+        rule = _RULES[op]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in _RULES))
+        raise PoolingTypeError(
+            f"{getattr(op, '__name__', op)!r} has no registered gradient; vjp takes one of: {known}"
+        ) from None
+    return rule(x, *args, **params)

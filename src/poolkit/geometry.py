@@ -1,0 +1,430 @@
+"""Pooling geometry: where every window of a pooling layer lies.
+
+This module owns :class:`Window`, built once from the user's arguments and the
+input's spatial shape. It resolves every padding form, applies the output-size
+and ceil-mode rules, and raises every error about the arguments. Kernels, the
+average divisors and the diagnostics read a ``Window``; none of them
+re-derives padding or output sizes.
+
+Along one spatial axis of size ``L`` with kernel ``k``, stride ``s``, dilation
+``d`` and padding ``(pl, pr)``, window ``o`` reads the input positions
+``o*s - pl + j*d`` for ``j = 0 .. k-1``, and the number of windows is::
+
+    out = floor((L + pl + pr - d*(k-1) - 1 + (s-1 if ceil_mode else 0)) / s) + 1
+
+In ceil mode a last window that would start at or past the end of the real
+input (in the right padding) is dropped, as PyTorch does. A window longer than
+the padded input is refused in every mode (PyTorch's ``avg_pool3d`` refuses it
+too, while its ``max_pool`` and ``avg_pool1d/2d`` in ceil mode return one
+partial window).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import PoolingConfigError, PoolingTypeError
+
+IntOrSeq = int | Sequence[int]
+Padding = int | str | Sequence[int | Sequence[int]]
+
+_PADDING_STRINGS = ("valid", "same", "same_lower")
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One kernel offset along one axis, and the windows whose tap lands in the input.
+
+    Windows ``out_start .. out_stop-1`` read input positions
+    ``in_start, in_start + stride, ...`` through this tap; every other window
+    reads padding (or nothing) there.
+    """
+
+    offset: int
+    out_start: int
+    out_stop: int
+    in_start: int
+    stride: int
+
+    @property
+    def out_slice(self) -> slice:
+        return slice(self.out_start, self.out_stop)
+
+    @property
+    def in_slice(self) -> slice:
+        stop = self.in_start + (self.out_stop - self.out_start - 1) * self.stride + 1
+        return slice(self.in_start, stop, self.stride)
+
+    @property
+    def in_positions(self) -> np.ndarray:
+        return self.in_start + self.stride * np.arange(self.out_stop - self.out_start)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The resolved geometry of one spatial axis.
+
+    Attributes
+    ----------
+    size : int
+        Input length along the axis.
+    kernel, stride, dilation : int
+        Window taps, step between windows, step between taps.
+    pad_before, pad_after : int
+        Padding cells before the first and after the last input cell.
+    ceil_mode : bool
+        Whether a partial last window was allowed.
+    out_size : int
+        Number of windows.
+    """
+
+    size: int
+    kernel: int
+    stride: int
+    dilation: int
+    pad_before: int
+    pad_after: int
+    ceil_mode: bool
+    out_size: int
+
+    @property
+    def span(self) -> int:
+        """Input cells from a window's first tap to its last: ``d*(k-1) + 1``."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """Input position of each window's first tap (negative inside the left padding)."""
+        return _readonly(np.arange(self.out_size, dtype=np.int64) * self.stride - self.pad_before)
+
+    @functools.cached_property
+    def taps(self) -> tuple[Tap, ...]:
+        """For each kernel offset ``j``, the windows whose tap ``j`` reads a real input cell."""
+        taps = []
+        for j in range(self.kernel):
+            shift = j * self.dilation - self.pad_before
+            first = max(0, -(shift // self.stride))  # ceil(-shift / stride)
+            stop = min(self.out_size, (self.size - 1 - shift) // self.stride + 1)
+            stop = max(stop, first)
+            taps.append(Tap(j, first, stop, first * self.stride + shift, self.stride))
+        return tuple(taps)
+
+    @functools.cached_property
+    def real_counts(self) -> np.ndarray:
+        """Number of real (non-padding) input cells each window reads."""
+        counts = np.zeros(self.out_size, dtype=np.int64)
+        for tap in self.taps:
+            counts[tap.out_slice] += 1
+        return _readonly(counts)
+
+    @functools.cached_property
+    def padded_counts(self) -> np.ndarray:
+        """Number of taps of each window inside the padded extent ``[-pad_before, size + pad_after)``.
+
+        This is PyTorch's ``count_include_pad=True`` divisor: a ceil-mode window
+        that hangs past the right padding is clipped to it.
+        """
+        positions = self.starts[:, None] + self.dilation * np.arange(self.kernel)
+        inside = positions < self.size + self.pad_after
+        return _readonly(inside.sum(axis=1).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Window:
+    """The geometry of a pooling layer on one input shape, resolved and checked.
+
+    Build it with :meth:`Window.build`; the constructor trusts its arguments.
+
+    Examples
+    --------
+    >>> from poolkit import Window
+    >>> w = Window.build((7, 7), kernel_size=3, stride=2, padding=1)
+    >>> w.out_shape
+    (4, 4)
+    >>> w.axes[0].real_counts   # the corner windows read 2 real rows, not 3
+    array([2, 3, 3, 2])
+    >>> Window.build((5,), 2, padding="same").padding
+    ((0, 1),)
+    """
+
+    axes: tuple[Axis, ...]
+
+    @classmethod
+    def build(
+        cls,
+        in_shape: Sequence[int],
+        kernel_size: IntOrSeq,
+        stride: IntOrSeq | None = None,
+        padding: Padding = 0,
+        dilation: IntOrSeq = 1,
+        ceil_mode: bool = False,
+    ) -> Window:
+        """Resolve pooling arguments against a spatial input shape.
+
+        Parameters
+        ----------
+        in_shape : sequence of int
+            The spatial shape of the input (no batch or channel axes).
+        kernel_size : int or sequence of int
+            Window taps per axis; an int applies to every axis.
+        stride : int, sequence of int or None
+            Step between windows; ``None`` means ``kernel_size``.
+        padding : int, str or sequence
+            An int for every side; a per-axis sequence whose entries are an int
+            or a ``(before, after)`` pair; ``"valid"`` (none); ``"same"``
+            (TF / ONNX SAME_UPPER: ``out = ceil(in / stride)``, the odd cell
+            at the end); ``"same_lower"`` (the odd cell at the start).
+            Numeric padding may not exceed ``kernel_size // 2`` per side.
+        dilation : int or sequence of int
+            Step between the taps of a window.
+        ceil_mode : bool
+            Round the output size up, allowing a partial last window.
+
+        Returns
+        -------
+        Window
+            Cached: the same arguments give the same object.
+
+        Raises
+        ------
+        PoolingTypeError
+            A size that is not an integer, a padding of the wrong type.
+        PoolingConfigError
+            A size that is not positive, a sequence of the wrong length,
+            padding that is negative, unknown or too large, a window larger
+            than the padded input, or a window that reads only padding.
+        """
+        in_shape = tuple(_to_int("input size", s) for s in in_shape)
+        rank = len(in_shape)
+        if rank == 0:
+            raise PoolingConfigError("pooling needs at least one spatial axis; got an input with none")
+        kernel = _per_axis("kernel_size", kernel_size, rank)
+        strides = kernel if stride is None else _per_axis("stride", stride, rank)
+        dilations = _per_axis("dilation", dilation, rank)
+        if not isinstance(ceil_mode, (bool, np.bool_)):
+            raise PoolingTypeError(f"ceil_mode={ceil_mode!r} must be True or False")
+        pads = _resolve_padding(padding, in_shape, kernel, strides, dilations)
+        return _build(in_shape, kernel, strides, dilations, pads, bool(ceil_mode))
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial axes."""
+        return len(self.axes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(a.size for a in self.axes)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(a.out_size for a in self.axes)
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(a.kernel for a in self.axes)
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return tuple(a.stride for a in self.axes)
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return tuple(a.dilation for a in self.axes)
+
+    @property
+    def padding(self) -> tuple[tuple[int, int], ...]:
+        """``(pad_before, pad_after)`` per axis."""
+        return tuple((a.pad_before, a.pad_after) for a in self.axes)
+
+    @property
+    def ceil_mode(self) -> bool:
+        return self.axes[0].ceil_mode
+
+    @property
+    def kernel_volume(self) -> int:
+        """Taps per window: the product of the kernel sizes."""
+        return int(np.prod(self.kernel_size))
+
+    @functools.cached_property
+    def real_counts(self) -> np.ndarray:
+        """Real input cells read by each window, shape ``out_shape``."""
+        return _readonly(_outer_product([a.real_counts for a in self.axes]))
+
+    @functools.cached_property
+    def padded_counts(self) -> np.ndarray:
+        """Taps of each window inside the padded extent, shape ``out_shape``."""
+        return _readonly(_outer_product([a.padded_counts for a in self.axes]))
+
+    def divisor(self, count_include_pad: bool = True, divisor_override: int | None = None) -> np.ndarray:
+        """The average-pooling divisor of each window, shape ``out_shape`` (float64).
+
+        The window is clipped to the padded extent: that many taps is the
+        ``count_include_pad=True`` divisor; clipped to the real input it is the
+        ``False`` divisor; ``divisor_override`` replaces both.
+        """
+        if divisor_override is not None:
+            return np.full(self.out_shape, float(divisor_override))
+        counts = self.padded_counts if count_include_pad else self.real_counts
+        return counts.astype(np.float64)
+
+    def taps(self) -> Iterator[tuple[tuple[int, ...], tuple[Tap, ...]]]:
+        """Every kernel offset in row-major order with its per-axis :class:`Tap`.
+
+        Offsets whose tap reads no real cell in any window are skipped.
+        """
+        for combo in itertools.product(*(a.taps for a in self.axes)):
+            if all(t.out_stop > t.out_start for t in combo):
+                yield tuple(t.offset for t in combo), combo
+
+    def flat_index(self, taps: Sequence[Tap]) -> np.ndarray:
+        """Flat index, within one input plane, of the cell each window reads through ``taps``.
+
+        Broadcastable to the output block ``[t.out_slice for t in taps]``.
+        """
+        flat = np.zeros((1,) * self.rank, dtype=np.int64)
+        for axis, tap in enumerate(taps):
+            shape = [1] * self.rank
+            shape[axis] = -1
+            flat = flat * self.axes[axis].size + tap.in_positions.reshape(shape)
+        return flat
+
+
+def _outer_product(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    result = np.ones((), dtype=np.int64)
+    for vec in vectors:
+        result = np.multiply.outer(result, vec)
+    return result
+
+
+def _to_int(name: str, value: object) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise PoolingTypeError(f"{name}={value!r} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def _per_axis(name: str, value: IntOrSeq, rank: int) -> tuple[int, ...]:
+    """One positive int per spatial axis from an int or a sequence of ``rank`` ints."""
+    if isinstance(value, (str, bytes)):
+        raise PoolingTypeError(f"{name}={value!r} must be an int or a sequence of {rank} ints")
+    if isinstance(value, (Sequence, np.ndarray)):
+        values = tuple(_to_int(name, v) for v in value)
+        if len(values) != rank:
+            more = "more" if len(values) > rank else "fewer"
+            raise PoolingConfigError(
+                f"{name}={tuple(value)!r} has {len(values)} entries, {more} than the input's "
+                f"{rank} spatial axes; give {rank} values or a single int"
+            )
+    else:
+        values = (_to_int(name, value),) * rank
+    for axis, v in enumerate(values):
+        if v <= 0:
+            raise PoolingConfigError(
+                f"{name}={value!r} must be positive, got {v} on spatial axis {axis}; use {name} >= 1"
+            )
+    return values
+
+
+def _resolve_padding(padding, in_shape, kernel, strides, dilations) -> tuple[tuple[int, int], ...]:
+    rank = len(in_shape)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in _PADDING_STRINGS:
+            raise PoolingConfigError(
+                f"padding={padding!r} is not a padding mode; use one of {', '.join(map(repr, _PADDING_STRINGS))} "
+                "or integers"
+            )
+        if mode == "valid":
+            return ((0, 0),) * rank
+        pads = []
+        for size, k, s, d in zip(in_shape, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads.append((small, large) if mode == "same" else (large, small))
+        return tuple(pads)
+    if isinstance(padding, (Sequence, np.ndarray)):
+        if len(padding) != rank:
+            more = "more" if len(padding) > rank else "fewer"
+            raise PoolingConfigError(
+                f"padding={tuple(padding)!r} has {len(padding)} entries, {more} than the input's {rank} "
+                f"spatial axes; give one int or (before, after) pair per axis, or a single int"
+            )
+        pairs = []
+        for entry in padding:
+            if isinstance(entry, (Sequence, np.ndarray)) and not isinstance(entry, str):
+                if len(entry) != 2:
+                    raise PoolingConfigError(f"padding entry {tuple(entry)!r} must be an int or a (before, after) pair")
+                pairs.append((_pad_int(padding, entry[0]), _pad_int(padding, entry[1])))
+            else:
+                value = _pad_int(padding, entry)
+                pairs.append((value, value))
+    else:
+        value = _pad_int(padding, padding)
+        pairs = [(value, value)] * rank
+    for axis, ((before, after), k) in enumerate(zip(pairs, kernel)):
+        if max(before, after) > k // 2:
+            raise PoolingConfigError(
+                f"padding={padding!r} puts {max(before, after)} cells on one side of spatial axis {axis}, "
+                f"more than half the kernel (kernel_size={k} allows at most {k // 2}); PyTorch refuses "
+                f"this too. Use padding <= {k // 2}, or padding='same' for TensorFlow/ONNX SAME padding"
+            )
+    return tuple(pairs)
+
+
+def _pad_int(padding, value) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise PoolingTypeError(
+            f"padding={padding!r} contains a bool; padding takes ints or a mode string "
+            "(pass ceil_mode by keyword if that is what you meant)"
+        )
+    if not isinstance(value, numbers.Integral):
+        raise PoolingTypeError(
+            f"padding={padding!r} contains {value!r} ({type(value).__name__}); padding takes ints, "
+            f"(before, after) pairs or one of {', '.join(map(repr, _PADDING_STRINGS))}"
+        )
+    if value < 0:
+        raise PoolingConfigError(f"padding={padding!r} is negative; use padding >= 0 (crop the input to remove cells)")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _build(in_shape, kernel, strides, dilations, pads, ceil_mode) -> Window:
+    axes = []
+    for axis, (size, k, s, d, (before, after)) in enumerate(zip(in_shape, kernel, strides, dilations, pads)):
+        span = d * (k - 1) + 1
+        padded = size + before + after
+        if span > padded:
+            dilated = f" (dilated span {span})" if d > 1 else ""
+            raise PoolingConfigError(
+                f"kernel_size={k}{dilated} is larger than the padded input ({padded} after padding "
+                f"{before}+{after}) along spatial axis {axis}; use a smaller kernel or dilation, "
+                "or more padding"
+            )
+        out = (padded - span + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= size + before:
+            out -= 1
+        axes.append(Axis(size, k, s, d, before, after, ceil_mode, out))
+    window = Window(tuple(axes))
+    for axis, ax in enumerate(window.axes):
+        empty = np.flatnonzero(ax.real_counts == 0)
+        if empty.size:
+            first = int(empty[0])
+            read = ", ".join(str(int(p)) for p in ax.starts[first] + ax.dilation * np.arange(ax.kernel))
+            raise PoolingConfigError(
+                f"{empty.size} window(s) along spatial axis {axis} read only padding (window {first} "
+                f"reads positions {read} of an axis of size {ax.size}, with padding {ax.pad_before}+"
+                f"{ax.pad_after}, dilation {ax.dilation}); PyTorch returns -inf with an out-of-range "
+                "index there. Use less padding or a smaller dilation"
+            )
+    return window

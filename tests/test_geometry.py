@@ -1,0 +1,118 @@
+"""Window: output sizes, padding forms, ceil mode, taps, counts and divisors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poolkit import PoolingConfigError, Window
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation", "ceil", "out"),
+    [
+        (112, 3, 2, 1, 1, False, 56),  # ResNet stem
+        (7, 2, 2, 0, 1, False, 3),  # floor drops the last row
+        (7, 2, 2, 0, 1, True, 4),  # ceil keeps a partial window
+        (5, 2, 2, 1, 1, True, 3),  # a 4th ceil window would start in the right padding: dropped
+        (10, 3, 1, 0, 3, False, 4),  # dilation: span 7
+        (5, 1, 3, 0, 1, False, 2),
+    ],
+)
+def test_out_size_formula(size, kernel, stride, padding, dilation, ceil, out):
+    window = Window.build((size,), kernel, stride, padding, dilation, ceil)
+    assert window.out_shape == (out,)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "dilation", "same", "same_lower"),
+    [
+        (5, 2, 1, 1, (0, 1), (1, 0)),
+        (5, 3, 2, 1, (1, 1), (1, 1)),
+        (6, 3, 2, 1, (0, 1), (1, 0)),
+        (7, 4, 1, 1, (1, 2), (2, 1)),
+        (7, 3, 1, 2, (2, 2), (2, 2)),
+        (8, 3, 4, 1, (0, 0), (0, 0)),
+    ],
+)
+def test_same_padding_splits_the_odd_cell(size, kernel, stride, dilation, same, same_lower):
+    upper = Window.build((size,), kernel, stride, "same", dilation)
+    lower = Window.build((size,), kernel, stride, "SAME_LOWER", dilation)
+    assert upper.padding == (same,) and lower.padding == (same_lower,)
+    assert upper.out_shape == lower.out_shape == (-(-size // stride),)
+
+
+def test_padding_forms():
+    assert Window.build((8, 8), 3, padding=1).padding == ((1, 1), (1, 1))
+    assert Window.build((8, 8), 3, padding=(1, 0)).padding == ((1, 1), (0, 0))
+    assert Window.build((8, 8), 3, padding=((0, 1), 1)).padding == ((0, 1), (1, 1))
+    assert Window.build((8, 8), 3, padding="valid").padding == ((0, 0), (0, 0))
+    assert Window.build((8, 8), [3, 2], stride=np.array([1, 2])).kernel_size == (3, 2)
+
+
+def test_window_is_cached_and_immutable():
+    first = Window.build((9, 9), 3, 2, 1)
+    assert Window.build((9, 9), (3, 3), (2, 2), ((1, 1), (1, 1))) is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.axes[0].real_counts[0] = 5
+    with pytest.raises(AttributeError):
+        first.axes = ()
+
+
+def test_counts_and_divisors_at_the_border():
+    window = Window.build((5,), 3, 2, 1, ceil_mode=True)  # windows start at -1, 1, 3
+    axis = window.axes[0]
+    assert axis.starts.tolist() == [-1, 1, 3]
+    assert axis.real_counts.tolist() == [2, 3, 2]  # last window reads 3, 4 and hangs past the end
+    assert axis.padded_counts.tolist() == [3, 3, 3]  # clipped at 5 + 1 padding cell
+    np.testing.assert_array_equal(window.divisor(False), [2.0, 3.0, 2.0])
+    np.testing.assert_array_equal(window.divisor(divisor_override=4), [4.0, 4.0, 4.0])
+    two_d = Window.build((5, 4), (3, 2), (2, 2), ((1, 1), (0, 0)))
+    np.testing.assert_array_equal(two_d.real_counts, np.outer([2, 3, 2], [2, 2]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(1, 12),
+    kernel=st.integers(1, 5),
+    stride=st.integers(1, 4),
+    dilation=st.integers(1, 3),
+    data=st.data(),
+)
+def test_taps_list_exactly_the_real_cells_of_each_window(size, kernel, stride, dilation, data):
+    before = data.draw(st.integers(0, kernel // 2))
+    after = data.draw(st.integers(0, kernel // 2))
+    ceil = data.draw(st.booleans())
+    try:
+        window = Window.build((size,), kernel, stride, ((before, after),), dilation, ceil)
+    except PoolingConfigError:
+        return
+    axis = window.axes[0]
+    # brute force: every window's taps, and which of them are real
+    expected = {}
+    for o in range(axis.out_size):
+        for j in range(kernel):
+            pos = o * stride - before + j * dilation
+            if 0 <= pos < size:
+                expected[(o, j)] = pos
+    got = {}
+    for tap in axis.taps:
+        for o, pos in zip(range(tap.out_start, tap.out_stop), tap.in_positions):
+            got[(o, tap.offset)] = int(pos)
+    assert got == expected
+    assert axis.real_counts.tolist() == [sum(1 for (o, _) in expected if o == i) for i in range(axis.out_size)]
+    # the last window starts inside the input or the left padding, and the output is maximal
+    assert (axis.out_size - 1) * stride - before < size
+    span = dilation * (kernel - 1) + 1
+    if not ceil:
+        assert (axis.out_size - 1) * stride + span <= size + before + after
+        assert axis.out_size * stride + span > size + before + after
+
+
+def test_flat_index_of_a_tap():
+    window = Window.build((4, 5), 2)
+    offsets, taps = list(window.taps())[3]
+    assert offsets == (1, 1)
+    np.testing.assert_array_equal(window.flat_index(taps), [[6, 8], [16, 18]])
