@@ -80,6 +80,63 @@ class Reduction:
             return dtype
         return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
+    def identity(self, dtype: np.dtype):
+        """The value a window starts from in ``compute_dtype(dtype)``: combining it with ``v`` gives ``v``.
+
+        0 for sums; for max (min) the lowest (highest) value of the dtype, or
+        NaN under ``nan="ignore"``, which the combine rule treats as empty.
+        """
+        dtype = self.compute_dtype(dtype)
+        if self.kind == "sum":
+            return dtype.type(0)
+        if dtype.kind == "f":
+            if self.nan == "ignore":
+                return dtype.type(np.nan)
+            return dtype.type(-np.inf if self.kind == "max" else np.inf)
+        if dtype.kind == "b":
+            return dtype.type(self.kind == "min")
+        info = np.iinfo(dtype)
+        return dtype.type(info.min if self.kind == "max" else info.max)
+
+    def select_gradient(self, dy: np.ndarray, x: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """For selects: the gradient each window sends to its chosen cell (float64).
+
+        ``dy``, times ``sign(x)`` at the chosen cell when the select is on ``|x|``.
+        """
+        weights = dy.astype(np.float64)
+        if self.absolute:
+            planes = x.reshape(*x.shape[:2], int(np.prod(x.shape[2:])))
+            where = indices.reshape(*indices.shape[:2], int(np.prod(indices.shape[2:])))
+            chosen = np.take_along_axis(planes, where, axis=2)
+            weights = weights * np.sign(chosen.astype(np.float64)).reshape(weights.shape)
+        return weights
+
+    def sum_gradient(self, dy: np.ndarray, y: np.ndarray, window) -> np.ndarray:
+        """For sums: the gradient with respect to each window's sum of ``dy`` (float64).
+
+        Avg: ``dy / divisor``. Lp: ``dy * y**(1-p) / divisor`` (0 where ``y == 0``).
+        """
+        grad = dy.astype(np.float64)
+        divisor = self.divisor_of(window)
+        if divisor is not None:
+            grad = grad / divisor
+        if self.root and self.power != 1:
+            y64 = y.astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                grad = np.where(y64 == 0, 0.0, grad * y64 ** (1 - self.power))
+        return grad
+
+    def cell_gradient(self, x: np.ndarray) -> np.ndarray | None:
+        """For sums: ``d(cell value)/dx`` of each input cell, or None when it is 1 (avg).
+
+        Lp: ``sign(x) * |x|**(p-1)``, 0 at ``x == 0``.
+        """
+        if not self.absolute:
+            return None
+        x64 = x.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(x64 == 0, 0.0, np.sign(x64) * np.abs(x64) ** (self.power - 1))
+
     def divisor_of(self, window) -> np.ndarray | None:
         """The array each window's sum is divided by (shape ``window.out_shape``), or None."""
         if self.divisor == "none":

@@ -2,25 +2,35 @@
 
 A backend module provides ``forward(x, window, reduction, want_indices)`` and
 ``backward(dy, x, y, indices, window, reduction)`` on channels-first, batched
-arrays (see :mod:`poolkit.kernels.numpy_ref`). :func:`get_backend` picks one.
+arrays (see :mod:`poolkit.kernels.numpy_ref`). :func:`get_backend` picks one:
+``"numba"`` (:mod:`poolkit.kernels.cpu`, imported on first use so that
+``import poolkit`` compiles and loads nothing) or ``"numpy"``.
 """
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from ..errors import PoolingConfigError
 from . import numpy_ref
 
-_BACKENDS: dict[str, ModuleType] = {"numpy": numpy_ref}
+BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_backend(name: str) -> ModuleType:
-    """The kernel module for ``backend=name``; ``"auto"`` picks the fastest available."""
-    if name == "auto":
+    """The kernel module for ``backend=name``; ``"auto"`` is Numba where it imports, else NumPy."""
+    if name == "numpy":
         return numpy_ref
-    try:
-        return _BACKENDS[name]
-    except (KeyError, TypeError):
-        choices = ", ".join(repr(b) for b in ("auto", *_BACKENDS))
-        raise PoolingConfigError(f"backend={name!r} is not available; use one of {choices}") from None
+    if name in ("auto", "numba"):
+        try:
+            return importlib.import_module(".cpu", __name__)
+        except ImportError as err:
+            if name == "numba":
+                raise PoolingConfigError(
+                    f"backend='numba' needs Numba, which does not import here ({err}); "
+                    "install numba or use backend='numpy'"
+                ) from err
+            return numpy_ref
+    choices = ", ".join(repr(b) for b in BACKENDS)
+    raise PoolingConfigError(f"backend={name!r} is not available; use one of {choices}")

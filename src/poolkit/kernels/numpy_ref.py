@@ -51,27 +51,15 @@ def backward(
     """
     dx_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
     if reduction.selects:
-        weights = dy.astype(np.float64)
-        if reduction.absolute:
-            chosen = np.take_along_axis(x.reshape(*x.shape[:2], -1), indices.reshape(*indices.shape[:2], -1), axis=2)
-            weights = weights * np.sign(chosen.astype(np.float64)).reshape(weights.shape)
+        weights = reduction.select_gradient(dy, x, indices)
         return _scatter(weights, indices, x.shape).astype(dx_dtype, copy=False)
-    grad = dy.astype(np.float64)
-    divisor = reduction.divisor_of(window)
-    if divisor is not None:
-        grad = grad / divisor
-    if reduction.root and reduction.power != 1:
-        y64 = y.astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            grad = np.where(y64 == 0, 0.0, grad * y64 ** (1 - reduction.power))
+    grad = reduction.sum_gradient(dy, y, window)
     spread = np.zeros(x.shape, dtype=np.float64)
     for _, taps in window.taps():
         out_block, in_block = _blocks(taps)
         spread[in_block] += grad[out_block]
-    if reduction.absolute:
-        x64 = x.astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            local = np.where(x64 == 0, 0.0, np.sign(x64) * np.abs(x64) ** (reduction.power - 1))
+    local = reduction.cell_gradient(x)
+    if local is not None:
         spread *= local
     return spread.astype(dx_dtype, copy=False)
 
@@ -122,6 +110,7 @@ def _scatter(weights, indices, in_shape):
     """Add ``weights`` into a zero array of ``in_shape`` at each plane's flat ``indices``."""
     planes = in_shape[0] * in_shape[1]
     plane_size = int(np.prod(in_shape[2:]))
-    flat = indices.reshape(planes, -1) + (np.arange(planes, dtype=np.int64) * plane_size)[:, None]
+    windows = int(np.prod(indices.shape[2:]))
+    flat = indices.reshape(planes, windows) + (np.arange(planes, dtype=np.int64) * plane_size)[:, None]
     summed = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=planes * plane_size)
     return summed.reshape(in_shape)

@@ -1,0 +1,261 @@
+"""Time poolkit against a memory copy and its peers on the cases of the fast-kernel issue.
+
+For each case, in one run: poolkit, PyTorch CPU (channels-first and
+channels-last), ONNX Runtime, JAX (each when installed), NumPy's
+``sliding_window_view``, and ``np.copyto`` of the input. Each time is the best
+of ``--repeats`` runs after a warm-up. The *floor* of a case is the bytes it
+must move (input + output, or for a backward pass dy + x read and dx written)
+divided by the copy bandwidth measured in the same run
+(``2 * input bytes / copy time``).
+
+Prints a table, writes ``benchmarks/results/latest.json`` and
+``benchmarks/results/latest.md``. ``--quick`` runs a subset in under a minute.
+
+    python benchmarks/run.py [--quick] [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Case:
+    name: str
+    op: str  # "max" or "avg"
+    shape: tuple[int, ...]  # channels-first
+    kernel: int
+    stride: int
+    padding: int
+    channels_last: bool = False
+    backward: bool = False
+    quick: bool = False
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape) - 2
+
+
+CASES = [
+    Case("resnet-stem max 3x3 s2 p1", "max", (16, 64, 112, 112), 3, 2, 1, quick=True),
+    Case("resnet-stem max 3x3 s2 p1, channels-last", "max", (16, 64, 112, 112), 3, 2, 1, channels_last=True),
+    Case("resnet-stem avg 3x3 s2 p1", "avg", (16, 64, 112, 112), 3, 2, 1, quick=True),
+    Case("vgg max 2x2 s2", "max", (8, 128, 112, 112), 2, 2, 0),
+    Case("vgg avg 2x2 s2", "avg", (8, 128, 112, 112), 2, 2, 0),
+    *(Case(f"yolo-spp max k{k} s1", "max", (8, 64, 64, 64), k, 1, k // 2, quick=k != 9) for k in (5, 9, 13)),
+    *(Case(f"yolo-spp avg k{k} s1", "avg", (8, 64, 64, 64), k, 1, k // 2) for k in (5, 9, 13)),
+    Case("resnet-stem max 3x3 s2 p1, backward", "max", (16, 64, 112, 112), 3, 2, 1, backward=True, quick=True),
+    Case("resnet-stem avg 3x3 s2 p1, backward", "avg", (16, 64, 112, 112), 3, 2, 1, backward=True),
+    Case("audio 1-D max k4 s4", "max", (32, 256, 16000), 4, 4, 0),
+    Case("video 3-D max 2x2x2 s2", "max", (2, 32, 32, 64, 64), 2, 2, 0),
+]
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def poolkit_runner(case: Case, x: np.ndarray):
+    import poolkit as pk
+
+    fn = pk.max_pool if case.op == "max" else pk.avg_pool
+    data = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if case.channels_last else x
+    call = dict(stride=case.stride, padding=case.padding, channels_last=case.channels_last)
+    if not case.backward:
+        return lambda: fn(data, case.kernel, **call)
+    y, pullback = pk.vjp(fn, data, case.kernel, **call)
+    dy = np.ones_like(y)
+    return lambda: pullback(dy)
+
+
+def torch_runner(case: Case, x: np.ndarray, channels_last: bool):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if channels_last and case.rank not in (2, 3):
+        return None
+    functional = torch.nn.functional
+    fn = getattr(functional, f"{case.op}_pool{case.rank}d")
+    tensor = torch.from_numpy(x)
+    if channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last if case.rank == 2 else torch.channels_last_3d)
+    if not case.backward:
+        return lambda: fn(tensor, case.kernel, case.stride, case.padding)
+    leaf = tensor.detach().requires_grad_(True)
+    out = fn(leaf, case.kernel, case.stride, case.padding)
+    grad = torch.ones_like(out)
+    return lambda: torch.autograd.grad(out, leaf, grad, retain_graph=True)
+
+
+def onnxruntime_runner(case: Case, x: np.ndarray, threads: int):
+    if case.backward or case.channels_last:
+        return None
+    try:
+        import onnx
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    spatial = case.rank
+    node = helper.make_node(
+        "MaxPool" if case.op == "max" else "AveragePool",
+        ["x"],
+        ["y"],
+        kernel_shape=[case.kernel] * spatial,
+        strides=[case.stride] * spatial,
+        pads=[case.padding] * (2 * spatial),
+        **({"count_include_pad": 1} if case.op == "avg" else {}),
+    )
+    graph = helper.make_graph(
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del onnx
+    return lambda: session.run(None, {"x": x})
+
+
+def jax_runner(case: Case, x: np.ndarray):
+    if case.backward or case.channels_last:
+        return None
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    window = (1, 1) + (case.kernel,) * case.rank
+    strides = (1, 1) + (case.stride,) * case.rank
+    pads = ((0, 0), (0, 0)) + ((case.padding, case.padding),) * case.rank
+    if case.op == "max":
+        fn = jax.jit(lambda a: jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, strides, pads))
+    else:
+        area = float(case.kernel**case.rank)
+        fn = jax.jit(lambda a: jax.lax.reduce_window(a, 0.0, jax.lax.add, window, strides, pads) / area)
+    data = jnp.asarray(x)
+    return lambda: fn(data).block_until_ready()
+
+
+def numpy_runner(case: Case, x: np.ndarray):
+    """The plain NumPy way: pad, take a sliding-window view, reduce."""
+    if case.backward or case.channels_last:
+        return None
+    axes = tuple(range(2, x.ndim))
+    fill = -np.inf if case.op == "max" else 0.0
+    reduce = np.max if case.op == "max" else np.mean
+
+    def run():
+        padded = np.pad(x, [(0, 0), (0, 0)] + [(case.padding, case.padding)] * case.rank, constant_values=fill)
+        view = np.lib.stride_tricks.sliding_window_view(padded, (case.kernel,) * case.rank, axis=axes)
+        view = view[(slice(None), slice(None)) + (slice(None, None, case.stride),) * case.rank]
+        return reduce(view, axis=tuple(range(-case.rank, 0)))
+
+    return run
+
+
+def measure(case: Case, repeats: int, threads: int) -> dict:
+    x = np.random.default_rng(0).standard_normal(case.shape).astype(np.float32)
+    copy_target = np.empty_like(x)
+    copy_time = best_of(lambda: np.copyto(copy_target, x), repeats)
+    bandwidth = 2 * x.nbytes / copy_time
+    out = poolkit_runner(case, x)()
+    moved = x.nbytes + out.nbytes if not case.backward else 2 * x.nbytes + out.nbytes
+    floor = moved / bandwidth
+    runners = {
+        "poolkit": poolkit_runner(case, x),
+        "torch": torch_runner(case, x, channels_last=False),
+        "torch-channels-last": torch_runner(case, x, channels_last=True),
+        "onnxruntime": onnxruntime_runner(case, x, threads),
+        "jax": jax_runner(case, x),
+        "numpy-sliding-window": numpy_runner(case, x) if x.nbytes < 2**28 else None,
+    }
+    times = {name: best_of(fn, repeats) for name, fn in runners.items() if fn is not None}
+    peers = {k: v for k, v in times.items() if k != "poolkit"}
+    fastest_peer = min(peers, key=peers.get) if peers else None
+    return {
+        "case": case.name,
+        "shape": list(case.shape),
+        "copy_s": copy_time,
+        "floor_s": floor,
+        "times_s": times,
+        "poolkit_over_floor": times["poolkit"] / floor,
+        "fastest_peer": fastest_peer,
+        "poolkit_over_fastest_peer": times["poolkit"] / peers[fastest_peer] if fastest_peer else None,
+    }
+
+
+def markdown(results: list[dict], machine: str) -> str:
+    names = ["poolkit", "torch", "torch-channels-last", "onnxruntime", "jax", "numpy-sliding-window"]
+    lines = [
+        f"Measured on {machine}. Times in ms (best of the repeats); ratios below 1 mean poolkit is faster.",
+        "",
+        "| case | floor | " + " | ".join(names) + " | poolkit / floor | poolkit / fastest peer |",
+        "|---|---" + "|---" * len(names) + "|---|---|",
+    ]
+    for r in results:
+        cells = [f"{r['times_s'][n] * 1e3:.2f}" if n in r["times_s"] else "-" for n in names]
+        peer = r["poolkit_over_fastest_peer"]
+        peer_text = f"{peer:.2f} ({r['fastest_peer']})" if peer is not None else "-"
+        lines.append(
+            f"| {r['case']} | {r['floor_s'] * 1e3:.2f} | "
+            + " | ".join(cells)
+            + f" | {r['poolkit_over_floor']:.2f} | {peer_text} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a subset that runs in under a minute")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    os.environ["POOLKIT_NUM_THREADS"] = str(args.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    cases = [c for c in CASES if c.quick] if args.quick else CASES
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+    results = []
+    for case in cases:
+        result = measure(case, args.repeats, args.threads)
+        results.append(result)
+        times = "  ".join(f"{k} {v * 1e3:.2f}" for k, v in result["times_s"].items())
+        print(f"{case.name:42s} floor {result['floor_s'] * 1e3:6.2f} ms | {times} | "
+              f"poolkit/floor {result['poolkit_over_floor']:.2f}", flush=True)  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    report = {"machine": machine, "quick": args.quick, "results": results}
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "latest.md").write_text(markdown(results, machine))
+    print()
+    print(markdown(results, machine))
+
+
+if __name__ == "__main__":
+    main()

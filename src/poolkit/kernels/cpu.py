@@ -1,0 +1,503 @@
+"""The fast CPU kernels: Numba, parallel, compiled lazily per dtype and cached on disk.
+
+Same interface as :mod:`poolkit.kernels.numpy_ref`. Inputs of 1, 2 or 3
+spatial axes are embedded in five axes ``(B, D, H, W, I)``: channels-first
+data is ``(N*C, D, H, W, 1)`` and channels-last data ``(N, D, H, W, C)``, the
+missing spatial axes having size 1 and a trivial window. Inputs of more
+spatial axes go to the reference kernels.
+
+Values are pooled separably, one spatial axis at a time, W then H then D, on
+one ``b`` (an ``(n, c)`` plane, or one channels-last image) at a time so that
+the intermediates stay in cache. Each axis pass takes lines ``(A, L, I)`` to
+``(A, out, I)`` and runs its innermost loop over the unit-stride ``I`` axis
+(or along the line when ``I == 1``), so LLVM can vectorise it:
+
+* direct scan for small windows: for each tap, combine a strided slice;
+* for stride-1, dilation-1 windows of more than ``SLIDING_KERNEL`` taps, a cost
+  per element that does not grow with the window: van Herk / Gil-Werman
+  (block prefix and suffix maxima, about 3 comparisons per element) for
+  max/min, prefix sums in float64 for sums.
+
+Separable max is exact, values only: a window's maximum (or NaN) does not
+depend on the order cells are combined in. The indices kernel scans each
+window in row-major order to keep the first-maximum tie rule and the NaN rule
+exactly. The reduction is passed as integer codes; branching on them outside
+the inner loops costs nothing, as LLVM hoists the switch.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+from numba import njit
+
+from ..errors import PoolingConfigError
+from ..geometry import Window
+from ..reducers import Reduction
+from . import numpy_ref
+
+SUM, MAX, MIN = 0, 1, 2
+CELL_FLOAT, CELL_ABS, CELL_SQUARE, CELL_POWER = 1, 2, 3, 4
+SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps use van Herk / prefix sums
+
+_KINDS = {"sum": SUM, "max": MAX, "min": MIN}
+
+# geometry table columns, one row per embedded axis (D, H, W)
+_SIZE, _KERNEL, _STRIDE, _START, _OUT, _SLIDING = range(6)
+
+
+# ---------------------------------------------------------------- combine rules
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _takes(kind, ignore_nan, kept, candidate):
+    """Whether a select replaces ``kept`` by ``candidate`` (strict: ties keep the earlier cell).
+
+    Written with ``&`` and ``|`` rather than ``and`` / ``or`` so that loops
+    using it stay branch-free and vectorise.
+    """
+    better = (candidate > kept) if kind == MAX else (candidate < kept)
+    if ignore_nan:
+        return better | ((kept != kept) & (candidate == candidate))
+    return better | (candidate != candidate)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _combine(kind, ignore_nan, acc, value):
+    if kind == SUM:
+        return acc + value
+    return value if _takes(kind, ignore_nan, acc, value) else acc
+
+
+# ---------------------------------------------------------------- one axis
+
+
+@njit(nogil=True, cache=True)
+def _line_pass(kind, ignore_nan, src, dst, geom, taps, identity):
+    """Reduce lines ``src (A, L, I)`` along L into ``dst (A, out, I)``; both C-contiguous."""
+    if geom[_SLIDING]:
+        _sliding_pass(kind, ignore_nan, src, dst, geom[_KERNEL], geom[_START], identity)
+        return
+    lines, length, inner = src.shape
+    out, stride = dst.shape[1], geom[_STRIDE]
+    if inner == 1:  # the line itself is the unit-stride axis
+        rows, targets = src.reshape(lines, length), dst.reshape(lines, out)
+        for a in range(lines):
+            row, target = rows[a], targets[a]
+            target[:] = identity
+            for j in range(geom[_KERNEL]):
+                first, pos = taps[j, 0], taps[j, 2] - taps[j, 0] * stride
+                for o in range(first, taps[j, 1]):
+                    target[o] = _combine(kind, ignore_nan, target[o], row[pos + o * stride])
+        return
+    for a in range(lines):
+        for o in range(out):
+            target = dst[a, o]
+            target[:] = identity
+            for j in range(geom[_KERNEL]):
+                if taps[j, 0] <= o < taps[j, 1]:
+                    row = src[a, taps[j, 2] + (o - taps[j, 0]) * stride]
+                    for i in range(inner):
+                        target[i] = _combine(kind, ignore_nan, target[i], row[i])
+
+
+@njit(nogil=True, cache=True)
+def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
+    """``dst[a, o] = combine(src[a, o + start : o + start + kernel])``, cells outside ``src`` being empty.
+
+    van Herk / Gil-Werman: cut the extended line into blocks of ``kernel``
+    cells, take running combines forward (``ahead``) and backward
+    (``behind``) within each block; a window is then one block suffix and one
+    block prefix, both inside it. About three combines per cell whatever the
+    kernel size, and no subtraction, so sums keep the accuracy (and the NaN
+    and infinity behaviour) of a direct sum.
+    """
+    lines, length, inner = src.shape
+    out = dst.shape[1]
+    extent = out + kernel - 1  # extended position e is input position e + start
+    ahead = np.empty((extent, inner), dtype=dst.dtype)
+    behind = np.empty((extent, inner), dtype=dst.dtype)
+    for a in range(lines):
+        for e in range(extent):
+            p = e + start
+            for i in range(inner):
+                v = src[a, p, i] if 0 <= p < length else identity
+                ahead[e, i] = v if e % kernel == 0 else _combine(kind, ignore_nan, ahead[e - 1, i], v)
+        for e in range(extent - 1, -1, -1):
+            p = e + start
+            for i in range(inner):
+                v = src[a, p, i] if 0 <= p < length else identity
+                if e % kernel == kernel - 1 or e == extent - 1:
+                    behind[e, i] = v
+                else:
+                    behind[e, i] = _combine(kind, ignore_nan, behind[e + 1, i], v)
+        for o in range(out):
+            if o % kernel == 0:  # the window is exactly one block
+                for i in range(inner):
+                    dst[a, o, i] = behind[o, i]
+            else:
+                for i in range(inner):
+                    dst[a, o, i] = _combine(kind, ignore_nan, behind[o, i], ahead[o + kernel - 1, i])
+
+
+@njit(nogil=True, cache=True)
+def _line_adjoint(src, dst, geom, taps):
+    """Transpose of a sum pass: spread ``src (A, out, I)`` over the cells of ``dst (A, L, I)``."""
+    if geom[_SLIDING]:  # cell p gets the windows o with o + start <= p < o + start + kernel
+        kernel = geom[_KERNEL]
+        _sliding_pass(SUM, False, src, dst, kernel, 1 - kernel - geom[_START], 0.0)
+        return
+    lines, inner = dst.shape[0], dst.shape[2]
+    dst[:, :, :] = 0.0
+    stride = geom[_STRIDE]
+    for a in range(lines):
+        for j in range(geom[_KERNEL]):
+            first, stop, pos = taps[j, 0], taps[j, 1], taps[j, 2]
+            for o in range(first, stop):
+                p = pos + (o - first) * stride
+                for i in range(inner):
+                    dst[a, p, i] += src[a, o, i]
+
+
+# ---------------------------------------------------------------- whole planes
+
+
+@njit(nogil=True, cache=True)
+def _trivial(geom):
+    return geom[_KERNEL] == 1 and geom[_STRIDE] == 1 and geom[_START] == 0 and geom[_OUT] == geom[_SIZE]
+
+
+@njit(nogil=True, cache=True)
+def _cell_values(cell, power, src, dst):
+    """``dst = f(src)`` in float64: the value each input cell contributes (x, |x|, x², |x|^p)."""
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+    for f in range(flat_src.size):
+        v = np.float64(flat_src[f])
+        if cell == CELL_ABS:
+            v = abs(v)
+        elif cell == CELL_SQUARE:
+            v = v * v
+        elif cell == CELL_POWER:
+            v = abs(v) ** power
+        flat_dst[f] = v
+
+
+@njit(nogil=True, cache=True)
+def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
+    """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
+
+    Axes go D, H, then W: the first passes have the longest unit-stride rows
+    (whole image rows in channels-first) and the last, W, works on data the
+    other strides have already cut. Trivial axes (kernel 1, stride 1, no
+    padding) are skipped; the last pass writes straight into ``target``.
+    """
+    depth, rest = plane.shape
+    od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
+    height, width = geom[1, _SIZE], geom[2, _SIZE]
+    inner = rest // (height * width)
+    along_d = plane.reshape(1, depth, rest)
+    if not _trivial(geom[0]):
+        along_d = np.empty((1, od, rest), dtype=target.dtype)
+        _line_pass(kind, ignore_nan, plane.reshape(1, depth, rest), along_d, geom[0], taps[0], identity)
+    columns = along_d.reshape(od, height, width * inner)
+    along_h = columns
+    if not _trivial(geom[1]):
+        along_h = np.empty((od, oh, width * inner), dtype=target.dtype)
+        _line_pass(kind, ignore_nan, columns, along_h, geom[1], taps[1], identity)
+    _line_pass(kind, ignore_nan, along_h.reshape(od * oh, width, inner), target.reshape(od * oh, ow, inner),
+               geom[2], taps[2], identity)  # fmt: skip
+
+
+@njit(nogil=True, cache=True)
+def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identity, divisor):
+    """Pool ``x5[start:stop]`` (``x5`` is ``(B, D, H, W, I)``) in its own dtype; sums are then divided.
+
+    Max and min of any dtype, and averages of float inputs (summed in their
+    float type, as PyTorch does; the window sums are direct or van Herk
+    blocks, never long running sums).
+    """
+    _planes, depth, height, width, inner = x5.shape
+    for b in range(start, stop):
+        plane = x5[b].reshape(depth, height * width * inner)
+        target = out5[b].reshape(-1)
+        _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
+        if divisor.size:
+            for f in range(target.size):
+                target[f] = target[f] / divisor[f // inner]
+
+
+@njit(nogil=True, cache=True)
+def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
+    """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
+    _planes, depth, height, width, inner = x5.shape
+    cells = out5[0].size if out5.shape[0] else 0
+    sums = np.empty(cells, dtype=np.float64)
+    values = np.empty((depth, height * width * inner), dtype=np.float64)
+    for b in range(start, stop):
+        _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
+        _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
+        target = out5[b].reshape(-1)
+        for f in range(cells):
+            v = sums[f]
+            if divisor.size:
+                v = v / divisor[f // inner]
+            if root == 2.0:
+                v = np.sqrt(v)
+            elif root != 1.0:
+                v = v ** (1.0 / root)
+            target[f] = v
+
+
+@njit(nogil=True, cache=True)
+def _forward_indices(start, stop, kind, ignore_nan, x5, out5, idx5, geom, taps):
+    """Selects with indices: each window scanned in row-major order (first maximum, last NaN)."""
+    _planes, _depth, height, width, inner = x5.shape
+    od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
+    for b in range(start, stop):
+        for i in range(inner):
+            for zo in range(od):
+                for yo in range(oh):
+                    for xo in range(ow):
+                        best = x5[b, 0, 0, 0, i]
+                        where = -1
+                        for jd in range(geom[0, _KERNEL]):
+                            if not taps[0, jd, 0] <= zo < taps[0, jd, 1]:
+                                continue
+                            z = taps[0, jd, 2] + (zo - taps[0, jd, 0]) * geom[0, _STRIDE]
+                            for jh in range(geom[1, _KERNEL]):
+                                if not taps[1, jh, 0] <= yo < taps[1, jh, 1]:
+                                    continue
+                                y = taps[1, jh, 2] + (yo - taps[1, jh, 0]) * geom[1, _STRIDE]
+                                for jw in range(geom[2, _KERNEL]):
+                                    if not taps[2, jw, 0] <= xo < taps[2, jw, 1]:
+                                        continue
+                                    x = taps[2, jw, 2] + (xo - taps[2, jw, 0]) * geom[2, _STRIDE]
+                                    v = x5[b, z, y, x, i]
+                                    if where < 0 or _takes(kind, ignore_nan, best, v):
+                                        best = v
+                                        where = (z * height + y) * width + x
+                        out5[b, zo, yo, xo, i] = best
+                        idx5[b, zo, yo, xo, i] = where
+
+
+@njit(nogil=True, cache=True)
+def _scatter(start, stop, dy3, idx3, dx3):
+    """``dx3[b, idx3[b, q, i], i] += dy3[b, q, i]`` for every window of planes ``start:stop``, in order."""
+    _planes, cells, inner = dy3.shape
+    for b in range(start, stop):
+        dx3[b, :, :] = 0
+        for q in range(cells):
+            for i in range(inner):
+                dx3[b, idx3[b, q, i], i] += dy3[b, q, i]
+
+
+@njit(nogil=True, cache=True)
+def _spread(start, stop, grad5, dx5, local5, geom, taps):
+    """Backward of sums over planes ``start:stop``: each window's gradient to its real cells, times ``local5``."""
+    _planes, depth, height, width, inner = dx5.shape
+    od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
+    for b in range(start, stop):
+        stacks = grad5[b].reshape(1, od, oh * ow * inner)
+        along_d = stacks
+        if not _trivial(geom[0]):
+            along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
+            _line_adjoint(stacks, along_d, geom[0], taps[0])
+        columns = along_d.reshape(depth, oh, ow * inner)
+        along_h = columns
+        if not _trivial(geom[1]):
+            along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
+            _line_adjoint(columns, along_h, geom[1], taps[1])
+        lines = along_h.reshape(depth * height, ow, inner)
+        along_w = np.empty((depth * height, width, inner), dtype=np.float64)
+        _line_adjoint(lines, along_w, geom[2], taps[2])
+        result, target = along_w.reshape(-1), dx5[b].reshape(-1)
+        if local5.size == dx5.size:
+            scale = local5[b].reshape(-1)
+            for f in range(result.size):
+                target[f] = result[f] * scale[f]
+        else:
+            for f in range(result.size):
+                target[f] = result[f]
+
+
+# ---------------------------------------------------------------- Python side
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """The window's geometry as arrays the kernels read: one row per embedded axis (D, H, W)."""
+    axes = (None,) * (3 - window.rank) + window.axes
+    kmax = max(window.kernel_size)
+    geom = np.zeros((3, 6), dtype=np.int64)
+    taps = np.zeros((3, kmax, 3), dtype=np.int64)
+    for row, axis in enumerate(axes):
+        if axis is None:
+            geom[row] = (1, 1, 1, 0, 1, 0)
+            taps[row, 0] = (0, 1, 0)
+            continue
+        sliding = axis.stride == 1 and axis.dilation == 1 and axis.kernel > SLIDING_KERNEL
+        geom[row] = (axis.size, axis.kernel, axis.stride, axis.starts[0], axis.out_size, sliding)
+        for tap in axis.taps:
+            taps[row, tap.offset] = (tap.out_start, tap.out_stop, tap.in_start)
+    geom.flags.writeable = taps.flags.writeable = False
+    return geom, taps
+
+
+def _five_axes(shape: tuple[int, ...], channels_last: bool) -> tuple[int, ...]:
+    """The ``(B, D, H, W, I)`` shape of a channels-first ``(N, C, *spatial)`` shape."""
+    n, c, spatial = shape[0], shape[1], shape[2:]
+    spatial = (1,) * (3 - len(spatial)) + tuple(spatial)
+    return (n, *spatial, c) if channels_last else (n * c, *spatial, 1)
+
+
+def _channels_last_memory(x: np.ndarray) -> bool:
+    return not x.flags.c_contiguous and np.moveaxis(x, 1, -1).flags.c_contiguous
+
+
+def _as_five(x: np.ndarray, channels_last: bool) -> np.ndarray:
+    """A contiguous ``(B, D, H, W, I)`` copy or view of channels-first ``x``."""
+    if channels_last:
+        return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(_five_axes(x.shape, True))
+    return np.ascontiguousarray(x).reshape(_five_axes(x.shape, False))
+
+
+def _empty_like_five(shape: tuple[int, ...], dtype, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A new channels-first array of ``shape`` in the given memory order, and its five-axis view."""
+    if channels_last:
+        memory = np.empty((shape[0], *shape[2:], shape[1]), dtype=dtype)
+        return np.moveaxis(memory, -1, 1), memory.reshape(_five_axes(shape, True))
+    array = np.empty(shape, dtype=dtype)
+    return array, array.reshape(_five_axes(shape, False))
+
+
+def _kernel_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the kernels see: bool as uint8, float16 as float32."""
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def _cell_code(reduction: Reduction) -> int:
+    """How a sum turns an input cell into what it adds: x, |x|, x² or |x|^p."""
+    if not reduction.absolute:
+        return CELL_FLOAT
+    if reduction.power == 1:
+        return CELL_ABS
+    return CELL_SQUARE if reduction.power == 2 else CELL_POWER
+
+
+def forward(
+    x: np.ndarray, window: Window, reduction: Reduction, want_indices: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pool ``x``; return the result and, for selects when asked, the argmax indices."""
+    if window.rank > 3:
+        return numpy_ref.forward(x, window, reduction, want_indices)
+    channels_last = _channels_last_memory(x)
+    kdtype = _kernel_dtype(x.dtype)
+    x5 = _as_five(x.astype(kdtype, copy=False), channels_last)
+    out_shape = x.shape[:2] + window.out_shape
+    geom, taps = _tables(window)
+    kind, ignore = _KINDS[reduction.kind], reduction.nan == "ignore"
+    indices = None
+    divisor = reduction.divisor_of(window)
+    divisor = np.ones(0) if divisor is None else np.ascontiguousarray(divisor).reshape(-1)
+    if reduction.selects:
+        values = np.abs(x5.astype(np.float64)) if reduction.absolute else x5
+        out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
+        if want_indices:
+            indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
+            _launch(_forward_indices, out5.shape[0], kind, ignore, values, out5, idx5, geom, taps)
+        else:
+            identity = np.array([reduction.identity(kdtype)], dtype=values.dtype)
+            _launch(_forward_direct, out5.shape[0], kind, ignore, values, out5, geom, taps, identity, divisor)
+    elif not reduction.absolute and kdtype.kind == "f":  # avg of floats: sums in the input's float type
+        out, out5 = _empty_like_five(out_shape, kdtype, channels_last)
+        identity = np.zeros(1, dtype=kdtype)
+        _launch(_forward_direct, out5.shape[0], SUM, False, x5, out5, geom, taps, identity, divisor)
+    else:
+        out, out5 = _empty_like_five(out_shape, _kernel_dtype(reduction.result_dtype(x.dtype)), channels_last)
+        root = reduction.power if reduction.root else 1.0
+        cell = _cell_code(reduction)
+        _launch(_forward_sum, out5.shape[0], cell, reduction.power, x5, out5, geom, taps, divisor, root)
+    return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
+
+
+def backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    indices: np.ndarray | None,
+    window: Window,
+    reduction: Reduction,
+) -> np.ndarray:
+    """The gradient with respect to ``x`` of ``sum(dy * forward(x))`` (see :func:`numpy_ref.backward`)."""
+    if window.rank > 3:
+        return numpy_ref.backward(dy, x, y, indices, window, reduction)
+    channels_last = _channels_last_memory(x)
+    dx_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    dx, dx5 = _empty_like_five(x.shape, _kernel_dtype(dx_dtype), channels_last)
+    if reduction.selects:
+        weights = reduction.select_gradient(dy, x, indices)
+        planes, inner = dx5.shape[0], dx5.shape[-1]
+        out_cells = int(np.prod(window.out_shape))
+        _launch(
+            _scatter,
+            planes,
+            _as_five(weights, channels_last).reshape(planes, out_cells, inner),
+            _as_five(indices, channels_last).reshape(planes, out_cells, inner),
+            dx5.reshape(planes, -1 if planes else 0, inner),
+        )
+    else:
+        grad5 = _as_five(reduction.sum_gradient(dy, y, window), channels_last)
+        local = reduction.cell_gradient(x)
+        local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
+        geom, taps = _tables(window)
+        _launch(_spread, dx5.shape[0], grad5, dx5, local5, geom, taps)
+    return dx.astype(dx_dtype, copy=False)
+
+
+# ---------------------------------------------------------------- threads
+
+_POOL_LOCK = threading.Lock()
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def thread_count() -> int:
+    """Threads a kernel call uses: ``POOLKIT_NUM_THREADS`` if set, else ``numba.get_num_threads()``."""
+    wanted = os.environ.get("POOLKIT_NUM_THREADS")
+    if not wanted:
+        return numba.get_num_threads()
+    try:
+        count = int(wanted)
+    except ValueError:
+        raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer") from None
+    if count < 1:
+        raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer")
+    return count
+
+
+def _launch(kernel, planes: int, *args) -> None:
+    """Run ``kernel(start, stop, *args)`` over ``range(planes)``, split across threads.
+
+    The kernels release the GIL, so the chunks run in parallel, and calls
+    from several Python threads at once are safe: each only writes its own
+    output.
+    """
+    threads = min(thread_count(), planes)
+    if threads <= 1:
+        kernel(0, planes, *args)
+        return
+    with _POOL_LOCK:
+        if not _POOL or _POOL[0]._max_workers < threads:
+            _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poolkit")]
+        pool = _POOL[0]
+    bounds = np.linspace(0, planes, threads + 1).astype(int)
+    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+    for future in futures:
+        future.result()

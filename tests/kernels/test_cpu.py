@@ -1,0 +1,233 @@
+"""The Numba kernels against the NumPy reference: same values, indices and gradients.
+
+Max, min and indices must agree to the last bit; sums within float rounding.
+The reference itself is tested against PyTorch and a brute-force loop.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import poolkit as pk
+from poolkit.kernels import cpu
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DTYPES = ["float64", "float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
+
+
+@st.composite
+def cases(draw):
+    rank = draw(st.integers(1, 3))
+    sliding = draw(st.booleans())  # stride-1 windows long enough for van Herk / prefix sums
+    if sliding:
+        kernel = tuple(draw(st.integers(1, 9)) for _ in range(rank))
+        stride = 1
+        dilation = 1
+    else:
+        kernel = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+        stride = draw(st.none() | st.tuples(*[st.integers(1, 3)] * rank))
+        dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    padding = draw(st.sampled_from(["same", "same_lower"]) | st.tuples(*[st.integers(0, k // 2) for k in kernel]))
+    sizes = tuple(draw(st.integers(1, 12 if rank < 3 else 6)) for _ in range(rank))
+    shape = (draw(st.integers(0, 2)), draw(st.integers(1, 5)), *sizes)
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if dtype == "bool":
+        x = rng.random(shape) < 0.5
+    elif np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(max(info.min, -100), min(info.max, 100), shape, endpoint=True).astype(dtype)
+        x.flat[:: max(1, x.size // 3)] = info.min if draw(st.booleans()) else info.max
+    else:
+        x = rng.integers(-3, 4, shape).astype(dtype)  # ties
+        if draw(st.booleans()):
+            x = (x + rng.standard_normal(shape)).astype(dtype)
+        if draw(st.booleans()):
+            x[rng.random(shape) < 0.25] = np.nan
+    layout = draw(st.sampled_from(["first", "last", "reversed"]))
+    return dict(
+        x=x,
+        layout=layout,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=draw(st.booleans()),
+        rng=rng,
+    )
+
+
+def _arrange(x, layout):
+    """The same values as channels-first ``x``, passed in the case's layout."""
+    if layout == "last":
+        return np.ascontiguousarray(np.moveaxis(x, 1, -1)), True
+    if layout == "reversed":  # a negative-stride, non-contiguous view
+        return x[:, ::-1][:, ::-1], False
+    return x, False
+
+
+def _geometry(case):
+    return {name: case[name] for name in ("stride", "padding", "dilation", "ceil_mode")}
+
+
+def _both(op, case, *args, **params):
+    x, channels_last = _arrange(case["x"], case["layout"])
+    results = []
+    for backend in ("numba", "numpy"):
+        try:
+            results.append(pk.vjp(op, x, *args, channels_last=channels_last, backend=backend, **params))
+        except pk.PoolingConfigError as err:
+            results.append(str(err))
+    return results
+
+
+def _assert_same_gradient(fast, ref, case, exact):
+    (y_fast, pull_fast), (_, pull_ref) = fast, ref
+    y = y_fast[0] if isinstance(y_fast, tuple) else y_fast
+    dy = case["rng"].standard_normal(y.shape)
+    dx_fast, dx_ref = pull_fast(dy), pull_ref(dy)
+    assert dx_fast.dtype == dx_ref.dtype and dx_fast.shape == dx_ref.shape
+    if exact:
+        np.testing.assert_array_equal(dx_fast, dx_ref)
+    else:
+        # Numba accumulates into dx's own dtype, the reference in float64
+        tolerance = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-5}.get(dx_ref.dtype, 1e-10)
+        np.testing.assert_allclose(dx_fast, dx_ref, rtol=tolerance, atol=tolerance)
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(["max", "min"]), st.sampled_from(["propagate", "ignore"]), st.booleans())
+def test_selects_match_reference(case, op, nan, return_indices):
+    fn = pk.max_pool if op == "max" else pk.min_pool
+    geometry = dict(
+        stride=case["stride"], padding=case["padding"], dilation=case["dilation"], ceil_mode=case["ceil_mode"]
+    )
+    fast, ref = _both(fn, case, case["kernel"], return_indices=return_indices, nan=nan, **geometry)
+    if isinstance(ref, str):
+        assert fast == ref
+        return
+    if return_indices:
+        (y_fast, i_fast), (y_ref, i_ref) = fast[0], ref[0]
+        np.testing.assert_array_equal(i_fast, i_ref)
+    else:
+        y_fast, y_ref = fast[0], ref[0]
+    assert y_fast.dtype == y_ref.dtype == case["x"].dtype
+    np.testing.assert_array_equal(y_fast, y_ref)  # NaN-aware, exact
+    # the pullback sums dy per chosen cell; with overlaps the order of additions may differ
+    _assert_same_gradient(fast, ref, case, exact=False)
+
+
+@SETTINGS
+@given(cases(), st.booleans(), st.none() | st.integers(1, 7))
+def test_avg_matches_reference(case, count_include_pad, divisor_override):
+    geometry = dict(
+        stride=case["stride"], padding=case["padding"], dilation=case["dilation"], ceil_mode=case["ceil_mode"]
+    )
+    fast, ref = _both(
+        pk.avg_pool,
+        case,
+        case["kernel"],
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
+        **geometry,
+    )
+    if isinstance(ref, str):
+        assert fast == ref
+        return
+    assert fast[0].dtype == ref[0].dtype
+    tolerance = 2e-3 if ref[0].dtype == np.float16 else 1e-6 if ref[0].dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(fast[0], ref[0], rtol=tolerance, atol=tolerance)
+    _assert_same_gradient(fast, ref, case, exact=False)
+
+
+@SETTINGS
+@given(cases(), st.sampled_from([0.5, 1.0, 2.0, 3.0, float("inf")]), st.booleans())
+def test_lp_matches_reference(case, p, mean):
+    geometry = dict(
+        stride=case["stride"], padding=case["padding"], dilation=case["dilation"], ceil_mode=case["ceil_mode"]
+    )
+    fast, ref = _both(pk.lp_pool, case, p, case["kernel"], mean=mean, **geometry)
+    if isinstance(ref, str):
+        assert fast == ref
+        return
+    assert fast[0].dtype == ref[0].dtype
+    tolerance = 2e-3 if ref[0].dtype == np.float16 else 1e-5 if ref[0].dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(fast[0], ref[0], rtol=tolerance, atol=tolerance)
+    if case["x"].dtype.kind == "f" and not np.isnan(case["x"]).any():
+        _assert_same_gradient(fast, ref, case, exact=False)
+
+
+def test_rank_above_three_uses_the_reference():
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4, 5, 6))
+    np.testing.assert_array_equal(pk.max_pool(x, 2, backend="numba"), pk.max_pool(x, 2, backend="numpy"))
+
+
+def test_concurrent_calls_from_python_threads():
+    """Several Python threads pooling at once each get their own, correct, result."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((4, 8, 40, 40)).astype(np.float32) for _ in range(6)]
+    expected = [pk.max_pool2d(x, 3, 2, 1, backend="numpy") for x in inputs]
+    results, errors = [None] * len(inputs), []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = pk.max_pool2d(inputs[i], 3, 2, 1, backend="numba")
+        except Exception as err:  # collected and re-raised in the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_thread_count_follows_environment(monkeypatch):
+    import numba
+
+    monkeypatch.delenv("POOLKIT_NUM_THREADS", raising=False)
+    assert cpu.thread_count() == numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert cpu.thread_count() == 1
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "3")
+    assert cpu.thread_count() == 3
+    x = np.random.default_rng(1).standard_normal((3, 5, 9, 9))
+    np.testing.assert_allclose(pk.avg_pool2d(x, 2), pk.avg_pool2d(x, 2, backend="numpy"), rtol=1e-12, atol=1e-15)
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "many")
+    with pytest.raises(pk.PoolingConfigError, match=r"POOLKIT_NUM_THREADS='many' must be a positive integer"):
+        pk.avg_pool2d(x, 2)
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "0")
+    with pytest.raises(pk.PoolingConfigError, match=r"POOLKIT_NUM_THREADS='0' must be a positive integer"):
+        pk.avg_pool2d(x, 2)
+
+
+def test_import_compiles_nothing():
+    """``import poolkit`` loads neither Numba nor a kernel; the first call does."""
+    code = "import sys, poolkit; print('numba' in sys.modules, 'poolkit.kernels.cpu' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_BOUNDSCHECK"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_backend_choice():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    np.testing.assert_array_equal(pk.max_pool2d(x, 2, backend="auto"), pk.max_pool2d(x, 2, backend="numba"))
+    with pytest.raises(
+        pk.PoolingConfigError, match=r"backend='gpu' is not available; use one of 'auto', 'numba', 'numpy'"
+    ):
+        pk.max_pool2d(x, 2, backend="gpu")
