@@ -124,26 +124,43 @@ def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
     ahead = np.empty((extent, inner), dtype=dst.dtype)
     behind = np.empty((extent, inner), dtype=dst.dtype)
     for a in range(lines):
+        offset = 0  # e % kernel, kept by counting: a division per cell would dominate
         for e in range(extent):
             p = e + start
-            for i in range(inner):
-                v = src[a, p, i] if 0 <= p < length else identity
-                ahead[e, i] = v if e % kernel == 0 else _combine(kind, ignore_nan, ahead[e - 1, i], v)
+            inside = 0 <= p < length
+            if offset == 0:
+                for i in range(inner):
+                    ahead[e, i] = src[a, p, i] if inside else identity
+            elif inside:
+                for i in range(inner):
+                    ahead[e, i] = _combine(kind, ignore_nan, ahead[e - 1, i], src[a, p, i])
+            else:
+                for i in range(inner):
+                    ahead[e, i] = ahead[e - 1, i]
+            offset = offset + 1 if offset + 1 < kernel else 0
+        offset = (extent - 1) % kernel
         for e in range(extent - 1, -1, -1):
             p = e + start
-            for i in range(inner):
-                v = src[a, p, i] if 0 <= p < length else identity
-                if e % kernel == kernel - 1 or e == extent - 1:
-                    behind[e, i] = v
-                else:
-                    behind[e, i] = _combine(kind, ignore_nan, behind[e + 1, i], v)
+            inside = 0 <= p < length
+            if offset == kernel - 1 or e == extent - 1:
+                for i in range(inner):
+                    behind[e, i] = src[a, p, i] if inside else identity
+            elif inside:
+                for i in range(inner):
+                    behind[e, i] = _combine(kind, ignore_nan, behind[e + 1, i], src[a, p, i])
+            else:
+                for i in range(inner):
+                    behind[e, i] = behind[e + 1, i]
+            offset = offset - 1 if offset > 0 else kernel - 1
+        offset = 0
         for o in range(out):
-            if o % kernel == 0:  # the window is exactly one block
+            if offset == 0:  # the window is exactly one block
                 for i in range(inner):
                     dst[a, o, i] = behind[o, i]
             else:
                 for i in range(inner):
                     dst[a, o, i] = _combine(kind, ignore_nan, behind[o, i], ahead[o + kernel - 1, i])
+            offset = offset + 1 if offset + 1 < kernel else 0
 
 
 @njit(nogil=True, cache=True)
@@ -210,8 +227,15 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     if not _trivial(geom[1]):
         along_h = np.empty((od, oh, width * inner), dtype=target.dtype)
         _line_pass(kind, ignore_nan, columns, along_h, geom[1], taps[1], identity)
-    _line_pass(kind, ignore_nan, along_h.reshape(od * oh, width, inner), target.reshape(od * oh, ow, inner),
-               geom[2], taps[2], identity)  # fmt: skip
+    rows = along_h.reshape(od * oh, width, inner)
+    if inner == 1 and geom[2, _SLIDING]:
+        # van Herk runs along its line cell by cell; turn the rows into the unit-stride axis instead
+        flipped = np.ascontiguousarray(rows.reshape(od * oh, width).T).reshape(1, width, od * oh)
+        result = np.empty((1, ow, od * oh), dtype=target.dtype)
+        _line_pass(kind, ignore_nan, flipped, result, geom[2], taps[2], identity)
+        target.reshape(od * oh, ow)[:, :] = result.reshape(ow, od * oh).T
+    else:
+        _line_pass(kind, ignore_nan, rows, target.reshape(od * oh, ow, inner), geom[2], taps[2], identity)
 
 
 @njit(nogil=True, cache=True)
@@ -228,8 +252,11 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
         target = out5[b].reshape(-1)
         _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
         if divisor.size:
-            for f in range(target.size):
-                target[f] = target[f] / divisor[f // inner]
+            windows = target.reshape(divisor.size, inner)
+            for f in range(divisor.size):
+                scale = 1.0 / divisor[f]
+                for i in range(inner):
+                    windows[f, i] = windows[f, i] * scale
 
 
 @njit(nogil=True, cache=True)
@@ -242,16 +269,16 @@ def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
-        target = out5[b].reshape(-1)
-        for f in range(cells):
-            v = sums[f]
-            if divisor.size:
-                v = v / divisor[f // inner]
-            if root == 2.0:
-                v = np.sqrt(v)
-            elif root != 1.0:
-                v = v ** (1.0 / root)
-            target[f] = v
+        windows, target = sums.reshape(-1, inner), out5[b].reshape(-1, inner)
+        for f in range(windows.shape[0]):
+            scale = 1.0 / divisor[f] if divisor.size else 1.0
+            for i in range(inner):
+                v = windows[f, i] * scale
+                if root == 2.0:
+                    v = np.sqrt(v)
+                elif root != 1.0:
+                    v = v ** (1.0 / root)
+                target[f, i] = v
 
 
 @njit(nogil=True, cache=True)

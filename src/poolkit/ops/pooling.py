@@ -81,8 +81,10 @@ def max_pool(
         ``"propagate"`` (PyTorch): a NaN wins its window, and the index points
         at the last NaN in scan order. ``"ignore"`` (ONNX Runtime): NaNs are
         skipped; a window holding only NaNs gives NaN.
-    backend : {"auto", "numpy"}
-        The kernel backend.
+    backend : {"auto", "numba", "numpy"}
+        The kernel backend: ``"numba"`` (compiled, parallel; the default
+        through ``"auto"`` when Numba imports) or ``"numpy"`` (the vectorised
+        reference). Both give the same values and indices.
 
     Returns
     -------
