@@ -57,6 +57,7 @@ def pool_cases(draw, op):
         dilation=dilation,
         ceil_mode=draw(st.booleans()),
         channels_last=draw(st.booleans()),
+        backend=draw(st.sampled_from(["numba", "numpy"])),
         dy_rng=rng,
     )
     if op == "avg":
@@ -121,6 +122,7 @@ def test_max_pool_matches_torch(case):
         ceil_mode=case["ceil_mode"],
         return_indices=True,
         channels_last=cl,
+        backend=case["backend"],
     )
     if torch_err is not None:
         with pytest.raises(pk.PoolingConfigError):
@@ -151,7 +153,7 @@ def test_avg_pool_matches_torch(case):
         kw["divisor_override"] = case["divisor_override"]
     xt, y_t, torch_err = _run_torch(TORCH_AVG[rank], case, **kw)
     x_user = _user_layout(case["x"], cl)
-    call = dict(stride=case["stride"], padding=case["padding"], channels_last=cl, **kw)
+    call = dict(stride=case["stride"], padding=case["padding"], channels_last=cl, backend=case["backend"], **kw)
     if torch_err is not None and rank == 3 and not _longer_than_padded_input(case):
         # avg_pool3d alone refuses an unpadded input smaller than the kernel even where padding
         # makes it fit (avg_pool2d and max_pool3d accept it); the brute-force tests check the values.

@@ -49,7 +49,7 @@ SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps use van Herk / p
 _KINDS = {"sum": SUM, "max": MAX, "min": MIN}
 
 # geometry table columns, one row per embedded axis (D, H, W)
-_SIZE, _KERNEL, _STRIDE, _START, _OUT, _SLIDING = range(6)
+_SIZE, _KERNEL, _STRIDE, _DILATION, _START, _OUT, _SLIDING = range(7)
 
 
 # ---------------------------------------------------------------- combine rules
@@ -93,8 +93,12 @@ def _line_pass(kind, ignore_nan, src, dst, geom, taps, identity):
             target[:] = identity
             for j in range(geom[_KERNEL]):
                 first, pos = taps[j, 0], taps[j, 2] - taps[j, 0] * stride
-                for o in range(first, taps[j, 1]):
-                    target[o] = _combine(kind, ignore_nan, target[o], row[pos + o * stride])
+                if stride == 2:  # a literal stride lets LLVM use interleaved loads
+                    for o in range(first, taps[j, 1]):
+                        target[o] = _combine(kind, ignore_nan, target[o], row[pos + 2 * o])
+                else:
+                    for o in range(first, taps[j, 1]):
+                        target[o] = _combine(kind, ignore_nan, target[o], row[pos + o * stride])
         return
     for a in range(lines):
         for o in range(out):
@@ -146,8 +150,8 @@ def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
                 for i in range(inner):
                     behind[e, i] = src[a, p, i] if inside else identity
             elif inside:
-                for i in range(inner):
-                    behind[e, i] = _combine(kind, ignore_nan, behind[e + 1, i], src[a, p, i])
+                for i in range(inner):  # the earlier cell first, so that it keeps ties
+                    behind[e, i] = _combine(kind, ignore_nan, src[a, p, i], behind[e + 1, i])
             else:
                 for i in range(inner):
                     behind[e, i] = behind[e + 1, i]
@@ -209,33 +213,39 @@ def _cell_values(cell, power, src, dst):
 def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
 
-    Axes go D, H, then W: the first passes have the longest unit-stride rows
-    (whole image rows in channels-first) and the last, W, works on data the
-    other strides have already cut. Trivial axes (kernel 1, stride 1, no
+    Axes go W, H, then D: rows first. Combining each window's rows before
+    its columns keeps the row-major scan order of a direct scan, so a tie
+    (``+0.0`` against ``-0.0``) resolves to the first cell and a NaN to the
+    last, as PyTorch's scan does. Trivial axes (kernel 1, stride 1, no
     padding) are skipped; the last pass writes straight into ``target``.
     """
     depth, rest = plane.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
-    along_d = plane.reshape(1, depth, rest)
-    if not _trivial(geom[0]):
-        along_d = np.empty((1, od, rest), dtype=target.dtype)
-        _line_pass(kind, ignore_nan, plane.reshape(1, depth, rest), along_d, geom[0], taps[0], identity)
-    columns = along_d.reshape(od, height, width * inner)
-    along_h = columns
-    if not _trivial(geom[1]):
-        along_h = np.empty((od, oh, width * inner), dtype=target.dtype)
-        _line_pass(kind, ignore_nan, columns, along_h, geom[1], taps[1], identity)
-    rows = along_h.reshape(od * oh, width, inner)
+    skip_h, skip_d = _trivial(geom[1]), _trivial(geom[0])
+    rows = plane.reshape(depth * height, width, inner)
+    if skip_h and skip_d:
+        along_w = target.reshape(depth * height, ow, inner)
+    else:
+        along_w = np.empty((depth * height, ow, inner), dtype=target.dtype)
     if inner == 1 and geom[2, _SLIDING]:
         # van Herk runs along its line cell by cell; turn the rows into the unit-stride axis instead
-        flipped = np.ascontiguousarray(rows.reshape(od * oh, width).T).reshape(1, width, od * oh)
-        result = np.empty((1, ow, od * oh), dtype=target.dtype)
+        flipped = np.ascontiguousarray(rows.reshape(depth * height, width).T).reshape(1, width, depth * height)
+        result = np.empty((1, ow, depth * height), dtype=target.dtype)
         _line_pass(kind, ignore_nan, flipped, result, geom[2], taps[2], identity)
-        target.reshape(od * oh, ow)[:, :] = result.reshape(ow, od * oh).T
+        along_w.reshape(depth * height, ow)[:, :] = result.reshape(ow, depth * height).T
     else:
-        _line_pass(kind, ignore_nan, rows, target.reshape(od * oh, ow, inner), geom[2], taps[2], identity)
+        _line_pass(kind, ignore_nan, rows, along_w, geom[2], taps[2], identity)
+    columns = along_w.reshape(depth, height, ow * inner)
+    if skip_h:
+        along_h = columns
+    else:
+        along_h = target.reshape(depth, oh, ow * inner) if skip_d else np.empty((depth, oh, ow * inner), target.dtype)
+        _line_pass(kind, ignore_nan, columns, along_h, geom[1], taps[1], identity)
+    if not skip_d:
+        stacks = along_h.reshape(1, depth, oh * ow * inner)
+        _line_pass(kind, ignore_nan, stacks, target.reshape(1, od, oh * ow * inner), geom[0], taps[0], identity)
 
 
 @njit(nogil=True, cache=True)
@@ -361,15 +371,15 @@ def _tables(window: Window) -> tuple[np.ndarray, np.ndarray]:
     """The window's geometry as arrays the kernels read: one row per embedded axis (D, H, W)."""
     axes = (None,) * (3 - window.rank) + window.axes
     kmax = max(window.kernel_size)
-    geom = np.zeros((3, 6), dtype=np.int64)
+    geom = np.zeros((3, 7), dtype=np.int64)
     taps = np.zeros((3, kmax, 3), dtype=np.int64)
     for row, axis in enumerate(axes):
         if axis is None:
-            geom[row] = (1, 1, 1, 0, 1, 0)
+            geom[row] = (1, 1, 1, 1, 0, 1, 0)
             taps[row, 0] = (0, 1, 0)
             continue
         sliding = axis.stride == 1 and axis.dilation == 1 and axis.kernel > SLIDING_KERNEL
-        geom[row] = (axis.size, axis.kernel, axis.stride, axis.starts[0], axis.out_size, sliding)
+        geom[row] = (axis.size, axis.kernel, axis.stride, axis.dilation, axis.starts[0], axis.out_size, sliding)
         for tap in axis.taps:
             taps[row, tap.offset] = (tap.out_start, tap.out_stop, tap.in_start)
     geom.flags.writeable = taps.flags.writeable = False
