@@ -17,7 +17,25 @@ _RULES: dict[Callable, Callable] = {}
 
 
 def defvjp(op: Callable, rule: Callable) -> None:
-    """Register ``rule(x, *args, **params) -> (y, pullback)`` as the gradient rule of ``op``."""
+    """Register ``rule(x, *args, **params) -> (y, pullback)`` as the gradient rule of ``op``.
+
+    Every poolkit op registers its rule this way; an op of your own can too.
+
+    Examples
+    --------
+    >>> import numpy as np, poolkit as pk
+    >>> def scaled_max_pool1d(x, kernel_size, scale):
+    ...     return scale * pk.max_pool1d(x, kernel_size)
+    >>> def rule(x, kernel_size, scale):
+    ...     y, pullback = pk.vjp(pk.max_pool1d, x, kernel_size)
+    ...     return scale * y, lambda dy: pullback(scale * np.asarray(dy))
+    >>> pk.defvjp(scaled_max_pool1d, rule)
+    >>> y, pullback = pk.vjp(scaled_max_pool1d, np.array([[1., 4., 2., 3.]]), 2, scale=10.0)
+    >>> y
+    array([[40., 30.]])
+    >>> pullback(np.ones_like(y))
+    array([[ 0., 10.,  0., 10.]])
+    """
     _RULES[op] = rule
 
 

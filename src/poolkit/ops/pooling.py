@@ -192,7 +192,8 @@ def avg_pool(
     Returns
     -------
     numpy.ndarray
-        Sums are accumulated in float64.
+        Window sums are added in the input's float type by the Numba kernels
+        (float64 for integer input) and in float64 by the NumPy reference.
 
     Examples
     --------
