@@ -162,6 +162,23 @@ def test_lp_matches_reference(case, p, mean):
         _assert_same_gradient(fast, ref, case, exact=False)
 
 
+@pytest.mark.parametrize("op", [pk.max_pool2d, pk.avg_pool2d, pk.min_pool2d])
+def test_big_endian_and_read_only_inputs(op):
+    """Numba takes native byte order only: other orders are converted, and the result keeps the dtype."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 7))
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    want = op(x, 3, 2, 1, backend="numpy")
+    for arr in (x.astype(">f8"), frozen):
+        got = op(arr, 3, 2, 1, backend="numba")
+        assert got.dtype == arr.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        y, pullback = pk.vjp(op, arr, 3, 2, 1, backend="numba")
+        dx = pullback(np.ones(y.shape, dtype=">f8"))
+        _, reference = pk.vjp(op, x, 3, 2, 1, backend="numpy")
+        np.testing.assert_allclose(dx, reference(np.ones(y.shape)), rtol=1e-12)
+
+
 def test_rank_above_three_uses_the_reference():
     x = np.random.default_rng(0).standard_normal((1, 2, 3, 4, 5, 6))
     np.testing.assert_array_equal(pk.max_pool(x, 2, backend="numba"), pk.max_pool(x, 2, backend="numpy"))

@@ -414,7 +414,8 @@ def _empty_like_five(shape: tuple[int, ...], dtype, channels_last: bool) -> tupl
 
 
 def _kernel_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype the kernels see: bool as uint8, float16 as float32."""
+    """The dtype the kernels see: native byte order, bool as uint8, float16 as float32."""
+    dtype = np.dtype(dtype).newbyteorder("=")
     if dtype == np.bool_:
         return np.dtype(np.uint8)
     return np.dtype(np.float32) if dtype == np.float16 else dtype
