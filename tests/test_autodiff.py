@@ -404,3 +404,17 @@ def test_vjp_with_return_indices(op, backend):
     np.testing.assert_array_equal(dx, want.reshape(x.shape))
     with pytest.raises(pk.PoolingConfigError):
         pullback(np.ones((1, 1, 3, 3)))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_pullback_does_not_share_arrays_with_the_caller(backend):
+    """Changing the returned values or indices in place must not change (or crash) the pullback."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    (y, idx), pullback = pk.vjp(pk.max_pool2d, x, 2, return_indices=True, backend=backend)
+    expected = pullback(np.ones_like(y))
+    idx[...] = 10**12
+    y[...] = -1.0
+    np.testing.assert_array_equal(pullback(np.ones_like(y)), expected)
+    z, lp_pullback = pk.vjp(pk.lp_pool, np.array([[[3.0, 4.0, 1.0, 1.0]]]), 2, 2, backend=backend)
+    z *= 2
+    np.testing.assert_allclose(lp_pullback(np.ones_like(z)), [[[0.6, 0.8, 2**-0.5, 2**-0.5]]])

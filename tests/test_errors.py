@@ -159,3 +159,26 @@ def test_errors_are_builtin_subclasses():
     assert issubclass(PoolingConfigError, pk.PoolkitError)
     with pytest.raises(ValueError):
         pk.avg_pool(X, 9)
+
+
+def test_zero_dimensional_arrays_are_scalars():
+    assert pk.max_pool2d(X, np.array(2), stride=np.array(2), padding=np.array(1)).shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: pk.Window.build(5, 2), r"in_shape=5 must be a sequence of ints"),
+        (lambda: pk.max_pool2d(X, 2, padding=b"same"), r"padding=b'same' is bytes; pass the mode as a str"),
+        (lambda: pk.max_pool([[[1.0, 2.0], [3.0]]], 1), r"max_pool could not read x \(list\) as an array"),
+    ],
+)
+def test_unreadable_arguments(call, message):
+    with pytest.raises(PoolingTypeError, match=message):
+        call()
+
+
+def test_tensor_that_needs_autograd_is_refused_with_a_fix():
+    torch = pytest.importorskip("torch", reason="torch==2.13.0 (the [test] extra) makes the tensor")
+    with pytest.raises(PoolingTypeError, match=r"could not read x \(Tensor\).*detach"):
+        pk.max_pool(torch.ones(1, 1, 4, 4, requires_grad=True), 2)

@@ -205,6 +205,8 @@ class Window:
             padding that is negative, unknown or too large, a window larger
             than the padded input, or a window that reads only padding.
         """
+        if not isinstance(in_shape, (Sequence, np.ndarray)) or isinstance(in_shape, (str, bytes)):
+            raise PoolingTypeError(f"in_shape={in_shape!r} must be a sequence of ints (the spatial shape)")
         in_shape = tuple(_to_int("input size", s) for s in in_shape)
         rank = len(in_shape)
         if rank == 0:
@@ -313,11 +315,23 @@ def _to_int(name: str, value: object) -> int:
     return int(value)
 
 
+def _is_sequence(value) -> bool:
+    """A list, tuple or array of at least one axis (a 0-d array is a scalar; text is neither)."""
+    if isinstance(value, np.ndarray):
+        return value.ndim > 0
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def _scalar(value):
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
 def _per_axis(name: str, value: IntOrSeq, rank: int) -> tuple[int, ...]:
     """One positive int per spatial axis from an int or a sequence of ``rank`` ints."""
+    value = _scalar(value)
     if isinstance(value, (str, bytes)):
         raise PoolingTypeError(f"{name}={value!r} must be an int or a sequence of {rank} ints")
-    if isinstance(value, (Sequence, np.ndarray)):
+    if _is_sequence(value):
         values = tuple(_to_int(name, v) for v in value)
         if len(values) != rank:
             more = "more" if len(values) > rank else "fewer"
@@ -337,6 +351,9 @@ def _per_axis(name: str, value: IntOrSeq, rank: int) -> tuple[int, ...]:
 
 def _resolve_padding(padding, in_shape, kernel, strides, dilations) -> tuple[tuple[int, int], ...]:
     rank = len(in_shape)
+    padding = _scalar(padding)
+    if isinstance(padding, bytes):
+        raise PoolingTypeError(f"padding={padding!r} is bytes; pass the mode as a str, e.g. padding='same'")
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in _PADDING_STRINGS:
@@ -353,7 +370,7 @@ def _resolve_padding(padding, in_shape, kernel, strides, dilations) -> tuple[tup
             small, large = total // 2, total - total // 2
             pads.append((small, large) if mode == "same" else (large, small))
         return tuple(pads)
-    if isinstance(padding, (Sequence, np.ndarray)):
+    if _is_sequence(padding):
         if len(padding) != rank:
             more = "more" if len(padding) > rank else "fewer"
             raise PoolingConfigError(
@@ -362,12 +379,12 @@ def _resolve_padding(padding, in_shape, kernel, strides, dilations) -> tuple[tup
             )
         pairs = []
         for entry in padding:
-            if isinstance(entry, (Sequence, np.ndarray)) and not isinstance(entry, str):
+            if _is_sequence(entry):
                 if len(entry) != 2:
                     raise PoolingConfigError(f"padding entry {tuple(entry)!r} must be an int or a (before, after) pair")
                 pairs.append((_pad_int(padding, entry[0]), _pad_int(padding, entry[1])))
             else:
-                value = _pad_int(padding, entry)
+                value = _pad_int(padding, _scalar(entry))
                 pairs.append((value, value))
     else:
         value = _pad_int(padding, padding)

@@ -8,9 +8,11 @@ Every pooling op reduces each window in one of two ways:
 * **sum** (avg, Lp): add ``|x|**p`` (or ``x`` for avg) over the real cells,
   then finish by dividing and, for Lp, taking the ``1/p`` root.
 
-A :class:`Reduction` names one of these with its parameters. The reference
-kernel, the fast kernels and the gradients all read it; none keeps its own
-copy of these rules.
+A :class:`Reduction` names one of these with its parameters, its identity
+per dtype, its result dtype and the elementwise parts of its gradient. Both
+kernel backends take their parameters from it; the compiled kernels carry
+their own loop-level form of the combine and finish steps (Numba cannot call
+into these Python methods), and the tests hold the two backends to each other.
 """
 
 from __future__ import annotations
@@ -144,6 +146,12 @@ class Reduction:
         if isinstance(self.divisor, str):
             return window.divisor(count_include_pad=self.divisor == "padded")
         return window.divisor(divisor_override=self.divisor)
+
+
+def gradient_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of ``dx``: the input's float dtype, float64 for integer and bool inputs."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
 def max_reduction(nan: str = "propagate") -> Reduction:

@@ -179,6 +179,26 @@ def test_big_endian_and_read_only_inputs(op):
         np.testing.assert_allclose(dx, reference(np.ones(y.shape)), rtol=1e-12)
 
 
+def test_averages_divide_like_the_reference_and_torch():
+    """``sum / divisor``, not ``sum * (1 / divisor)``: the same last bit as the reference."""
+    x = np.random.default_rng(4).standard_normal((2, 3, 200))
+    np.testing.assert_array_equal(pk.avg_pool1d(x, 3, backend="numba"), pk.avg_pool1d(x, 3, backend="numpy"))
+    assert pk.avg_pool(np.array([[[0.1, 0.2, 0.3]]]), 3).item() == 0.20000000000000004
+
+
+def test_sliding_sums_of_negative_zeros_are_positive_zero():
+    """A direct sum starts from +0.0, so a window of -0.0 sums to +0.0; the van Herk blocks must agree."""
+    x = np.full((1, 1, 6), -0.0)
+    for kernel in (3, 5):
+        assert not np.signbit(pk.avg_pool(x, kernel, 1, backend="numba")).any()
+
+
+def test_extended_precision_uses_the_reference():
+    x = np.arange(8, dtype=np.longdouble).reshape(1, 1, 8)
+    assert pk.max_pool(x, 2, backend="numba").dtype == np.longdouble
+    np.testing.assert_array_equal(pk.avg_pool(x, 2, backend="numba"), [[[0.5, 2.5, 4.5, 6.5]]])
+
+
 def test_rank_above_three_uses_the_reference():
     x = np.random.default_rng(0).standard_normal((1, 2, 3, 4, 5, 6))
     np.testing.assert_array_equal(pk.max_pool(x, 2, backend="numba"), pk.max_pool(x, 2, backend="numpy"))

@@ -39,7 +39,7 @@ from numba import njit
 
 from ..errors import PoolingConfigError
 from ..geometry import Window
-from ..reducers import Reduction
+from ..reducers import Reduction, gradient_dtype
 from . import numpy_ref
 
 SUM, MAX, MIN = 0, 1, 2
@@ -132,9 +132,9 @@ def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
         for e in range(extent):
             p = e + start
             inside = 0 <= p < length
-            if offset == 0:
+            if offset == 0:  # combined with the identity, so that a sum of -0.0 is +0.0 as in a direct sum
                 for i in range(inner):
-                    ahead[e, i] = src[a, p, i] if inside else identity
+                    ahead[e, i] = _combine(kind, ignore_nan, identity, src[a, p, i]) if inside else identity
             elif inside:
                 for i in range(inner):
                     ahead[e, i] = _combine(kind, ignore_nan, ahead[e - 1, i], src[a, p, i])
@@ -148,7 +148,7 @@ def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
             inside = 0 <= p < length
             if offset == kernel - 1 or e == extent - 1:
                 for i in range(inner):
-                    behind[e, i] = src[a, p, i] if inside else identity
+                    behind[e, i] = _combine(kind, ignore_nan, identity, src[a, p, i]) if inside else identity
             elif inside:
                 for i in range(inner):  # the earlier cell first, so that it keeps ties
                     behind[e, i] = _combine(kind, ignore_nan, src[a, p, i], behind[e + 1, i])
@@ -264,9 +264,8 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
         if divisor.size:
             windows = target.reshape(divisor.size, inner)
             for f in range(divisor.size):
-                scale = 1.0 / divisor[f]
                 for i in range(inner):
-                    windows[f, i] = windows[f, i] * scale
+                    windows[f, i] = windows[f, i] / divisor[f]
 
 
 @njit(nogil=True, cache=True)
@@ -281,9 +280,8 @@ def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
         windows, target = sums.reshape(-1, inner), out5[b].reshape(-1, inner)
         for f in range(windows.shape[0]):
-            scale = 1.0 / divisor[f] if divisor.size else 1.0
             for i in range(inner):
-                v = windows[f, i] * scale
+                v = windows[f, i] / divisor[f] if divisor.size else windows[f, i]
                 if root == 2.0:
                     v = np.sqrt(v)
                 elif root != 1.0:
@@ -413,6 +411,11 @@ def _empty_like_five(shape: tuple[int, ...], dtype, channels_last: bool) -> tupl
     return array, array.reshape(_five_axes(shape, False))
 
 
+def _compiled_dtype(dtype: np.dtype) -> bool:
+    """Whether the kernels take this dtype: Numba has no extended precision (longdouble goes to the reference)."""
+    return dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize <= 8)
+
+
 def _kernel_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype the kernels see: native byte order, bool as uint8, float16 as float32."""
     dtype = np.dtype(dtype).newbyteorder("=")
@@ -434,7 +437,7 @@ def forward(
     x: np.ndarray, window: Window, reduction: Reduction, want_indices: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Pool ``x``; return the result and, for selects when asked, the argmax indices."""
-    if window.rank > 3:
+    if window.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.forward(x, window, reduction, want_indices)
     channels_last = _channels_last_memory(x)
     kdtype = _kernel_dtype(x.dtype)
@@ -475,10 +478,10 @@ def backward(
     reduction: Reduction,
 ) -> np.ndarray:
     """The gradient with respect to ``x`` of ``sum(dy * forward(x))`` (see :func:`numpy_ref.backward`)."""
-    if window.rank > 3:
+    if window.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.backward(dy, x, y, indices, window, reduction)
     channels_last = _channels_last_memory(x)
-    dx_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    dx_dtype = gradient_dtype(x.dtype)
     dx, dx5 = _empty_like_five(x.shape, _kernel_dtype(dx_dtype), channels_last)
     if reduction.selects:
         weights = reduction.select_gradient(dy, x, indices)
@@ -533,6 +536,8 @@ def _launch(kernel, planes: int, *args) -> None:
         return
     with _POOL_LOCK:
         if not _POOL or _POOL[0]._max_workers < threads:
+            if _POOL:
+                _POOL[0].shutdown(wait=False)  # running chunks finish; the old threads then exit
             _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poolkit")]
         pool = _POOL[0]
     bounds = np.linspace(0, planes, threads + 1).astype(int)

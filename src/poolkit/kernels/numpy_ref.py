@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import Window
-from ..reducers import Reduction
+from ..reducers import Reduction, gradient_dtype
 
 _LEAD = (slice(None), slice(None))
 
@@ -49,7 +49,7 @@ def backward(
     spread ``dy / divisor`` over the window's real cells, times
     ``d(y)/d(sum)`` and ``d|x|^p/dx`` for Lp. Overlapping windows add up.
     """
-    dx_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    dx_dtype = gradient_dtype(x.dtype)
     if reduction.selects:
         weights = reduction.select_gradient(dy, x, indices)
         return _scatter(weights, indices, x.shape).astype(dx_dtype, copy=False)

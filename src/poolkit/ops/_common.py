@@ -48,7 +48,13 @@ def as_pool_input(x, rank: int | None, channels_last: bool, op_name: str) -> tup
         ``x`` has the wrong number of axes for the op.
     """
     check_flag("channels_last", channels_last)
-    array = np.asarray(x)
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise PoolingTypeError(
+            f"{op_name} could not read x ({type(x).__name__}) as an array: {err}. Pass a NumPy array, or a "
+            "CPU tensor detached from autograd in a NumPy dtype (e.g. t.detach().float())"
+        ) from err
     if array.dtype.kind not in "biuf":
         raise PoolingTypeError(
             f"{op_name} needs an array of real numbers (bool, int, uint or float); got dtype "

@@ -84,7 +84,8 @@ def max_pool(
     backend : {"auto", "numba", "numpy"}
         The kernel backend: ``"numba"`` (compiled, parallel; the default
         through ``"auto"`` when Numba imports) or ``"numpy"`` (the vectorised
-        reference). Both give the same values and indices.
+        reference). Both give the same max/min values and indices; sums agree
+        within rounding.
 
     Returns
     -------
@@ -193,7 +194,8 @@ def avg_pool(
     -------
     numpy.ndarray
         Window sums are added in the input's float type by the Numba kernels
-        (float64 for integer input) and in float64 by the NumPy reference.
+        (float16 in float32, integers in float64) and in float64 by the NumPy
+        reference.
 
     Examples
     --------
@@ -327,6 +329,11 @@ def _pool(
     result = (user_y, layout.to_user(indices)) if return_indices else user_y
     if not with_pullback:
         return result
+    # The pullback reads y and the indices: keep them apart from the arrays the caller may change.
+    if np.may_share_memory(user_y, y):
+        y = y.copy()
+    if return_indices and np.may_share_memory(result[1], indices):
+        indices = indices.copy()
 
     def pullback(dy: ArrayLike) -> np.ndarray:
         """The gradient with respect to ``x`` of ``sum(dy * y)``, in ``x``'s layout."""
