@@ -116,3 +116,10 @@ def test_flat_index_of_a_tap():
     offsets, taps = list(window.taps())[3]
     assert offsets == (1, 1)
     np.testing.assert_array_equal(window.flat_index(taps), [[6, 8], [16, 18]])
+
+
+def test_identity_axes():
+    """Kernel 1, stride 1 and no padding change nothing; the kernels skip such axes."""
+    window = Window.build((5, 6, 7), (1, 2, 1), stride=(1, 1, 2))
+    assert [a.is_identity for a in window.axes] == [True, False, False]
+    assert Window.build((5,), 1, padding="same").axes[0].is_identity

@@ -99,9 +99,9 @@ class Axis:
     out_size: int
 
     @property
-    def span(self) -> int:
-        """Input cells from a window's first tap to its last: ``d*(k-1) + 1``."""
-        return self.dilation * (self.kernel - 1) + 1
+    def is_identity(self) -> bool:
+        """Whether pooling along this axis changes nothing: one tap, stride 1, no padding."""
+        return self.kernel == 1 and self.stride == 1 and self.pad_before == 0 and self.pad_after == 0
 
     @functools.cached_property
     def starts(self) -> np.ndarray:
@@ -253,11 +253,6 @@ class Window:
     def ceil_mode(self) -> bool:
         return self.axes[0].ceil_mode
 
-    @property
-    def kernel_volume(self) -> int:
-        """Taps per window: the product of the kernel sizes."""
-        return int(np.prod(self.kernel_size))
-
     @functools.cached_property
     def real_counts(self) -> np.ndarray:
         """Real input cells read by each window, shape ``out_shape``."""
@@ -274,6 +269,13 @@ class Window:
         The window is clipped to the padded extent: that many taps is the
         ``count_include_pad=True`` divisor; clipped to the real input it is the
         ``False`` divisor; ``divisor_override`` replaces both.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> w = Window.build((5,), 3, stride=2, padding=1, ceil_mode=True)
+        >>> w.divisor(), w.divisor(count_include_pad=False)
+        (array([3., 3., 3.]), array([2., 3., 2.]))
         """
         if divisor_override is not None:
             return np.full(self.out_shape, float(divisor_override))
@@ -284,6 +286,15 @@ class Window:
         """Every kernel offset in row-major order with its per-axis :class:`Tap`.
 
         Offsets whose tap reads no real cell in any window are skipped.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> for offset, (tap,) in Window.build((4,), 3, padding=1).taps():
+        ...     print(offset, tap.out_slice, tap.in_slice)
+        (0,) slice(1, 2, None) slice(2, 3, 3)
+        (1,) slice(0, 2, None) slice(0, 4, 3)
+        (2,) slice(0, 1, None) slice(1, 2, 3)
         """
         for combo in itertools.product(*(a.taps for a in self.axes)):
             if all(t.out_stop > t.out_start for t in combo):
@@ -293,6 +304,15 @@ class Window:
         """Flat index, within one input plane, of the cell each window reads through ``taps``.
 
         Broadcastable to the output block ``[t.out_slice for t in taps]``.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> w = Window.build((4, 4), 2)
+        >>> offsets, taps = list(w.taps())[-1]   # the bottom-right tap of each 2x2 window
+        >>> w.flat_index(taps)
+        array([[ 5,  7],
+               [13, 15]])
         """
         flat = np.zeros((1,) * self.rank, dtype=np.int64)
         for axis, tap in enumerate(taps):

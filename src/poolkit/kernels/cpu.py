@@ -49,7 +49,7 @@ SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps use van Herk / p
 _KINDS = {"sum": SUM, "max": MAX, "min": MIN}
 
 # geometry table columns, one row per embedded axis (D, H, W)
-_SIZE, _KERNEL, _STRIDE, _DILATION, _START, _OUT, _SLIDING = range(7)
+_SIZE, _KERNEL, _STRIDE, _DILATION, _START, _OUT, _SLIDING, _IDENTITY = range(8)
 
 
 # ---------------------------------------------------------------- combine rules
@@ -190,11 +190,6 @@ def _line_adjoint(src, dst, geom, taps):
 
 
 @njit(nogil=True, cache=True)
-def _trivial(geom):
-    return geom[_KERNEL] == 1 and geom[_STRIDE] == 1 and geom[_START] == 0 and geom[_OUT] == geom[_SIZE]
-
-
-@njit(nogil=True, cache=True)
 def _cell_values(cell, power, src, dst):
     """``dst = f(src)`` in float64: the value each input cell contributes (x, |x|, x², |x|^p)."""
     flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
@@ -216,14 +211,14 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     Axes go W, H, then D: rows first. Combining each window's rows before
     its columns keeps the row-major scan order of a direct scan, so a tie
     (``+0.0`` against ``-0.0``) resolves to the first cell and a NaN to the
-    last, as PyTorch's scan does. Trivial axes (kernel 1, stride 1, no
-    padding) are skipped; the last pass writes straight into ``target``.
+    last, as PyTorch's scan does. Axes the Window marks as identities are
+    skipped; the last pass writes straight into ``target``.
     """
     depth, rest = plane.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
-    skip_h, skip_d = _trivial(geom[1]), _trivial(geom[0])
+    skip_h, skip_d = geom[1, _IDENTITY], geom[0, _IDENTITY]
     rows = plane.reshape(depth * height, width, inner)
     if skip_h and skip_d:
         along_w = target.reshape(depth * height, ow, inner)
@@ -340,12 +335,12 @@ def _spread(start, stop, grad5, dx5, local5, geom, taps):
     for b in range(start, stop):
         stacks = grad5[b].reshape(1, od, oh * ow * inner)
         along_d = stacks
-        if not _trivial(geom[0]):
+        if not geom[0, _IDENTITY]:
             along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
             _line_adjoint(stacks, along_d, geom[0], taps[0])
         columns = along_d.reshape(depth, oh, ow * inner)
         along_h = columns
-        if not _trivial(geom[1]):
+        if not geom[1, _IDENTITY]:
             along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
             _line_adjoint(columns, along_h, geom[1], taps[1])
         lines = along_h.reshape(depth * height, ow, inner)
@@ -369,15 +364,17 @@ def _tables(window: Window) -> tuple[np.ndarray, np.ndarray]:
     """The window's geometry as arrays the kernels read: one row per embedded axis (D, H, W)."""
     axes = (None,) * (3 - window.rank) + window.axes
     kmax = max(window.kernel_size)
-    geom = np.zeros((3, 7), dtype=np.int64)
+    geom = np.zeros((3, 8), dtype=np.int64)
     taps = np.zeros((3, kmax, 3), dtype=np.int64)
     for row, axis in enumerate(axes):
         if axis is None:
-            geom[row] = (1, 1, 1, 1, 0, 1, 0)
+            geom[row] = (1, 1, 1, 1, 0, 1, 0, 1)
             taps[row, 0] = (0, 1, 0)
             continue
         sliding = axis.stride == 1 and axis.dilation == 1 and axis.kernel > SLIDING_KERNEL
-        geom[row] = (axis.size, axis.kernel, axis.stride, axis.dilation, axis.starts[0], axis.out_size, sliding)
+        geom[row] = (
+            axis.size, axis.kernel, axis.stride, axis.dilation, axis.starts[0], axis.out_size, sliding, axis.is_identity
+        )  # fmt: skip
         for tap in axis.taps:
             taps[row, tap.offset] = (tap.out_start, tap.out_stop, tap.in_start)
     geom.flags.writeable = taps.flags.writeable = False
