@@ -11,7 +11,7 @@ divided by the copy bandwidth measured in the same run
 Prints a table, writes ``benchmarks/results/latest.json`` and
 ``benchmarks/results/latest.md``. ``--quick`` runs a subset in under a minute.
 
-    python benchmarks/run.py [--quick] [--threads 2] [--repeats 5]
+    python benchmarks/run.py [--quick] [--threads 2] [--repeats 5] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ class Case:
     name: str
     op: str  # "max" or "avg"
     shape: tuple[int, ...]  # channels-first
-    kernel: int
-    stride: int
-    padding: int
+    kernel: int = 0
+    stride: int = 0
+    padding: int = 0
     channels_last: bool = False
     backward: bool = False
     quick: bool = False
+    family: str = "window"  # "window" (kernel, stride, padding), "global", or "adaptive" (to output_size)
+    output_size: int = 1
 
     @property
     def rank(self) -> int:
@@ -58,7 +60,21 @@ CASES = [
     Case("resnet-stem avg 3x3 s2 p1, backward", "avg", (16, 64, 112, 112), 3, 2, 1, backward=True),
     Case("audio 1-D max k4 s4", "max", (32, 256, 16000), 4, 4, 0),
     Case("video 3-D max 2x2x2 s2", "max", (2, 32, 32, 64, 64), 2, 2, 0),
-]
+    *(
+        Case(f"{family} {op} {'x'.join(map(str, shape[2:]))}{f' to {size}x{size}' if family == 'adaptive' else ''}",
+             op, shape, family=family, output_size=size, quick=quick)
+        for family, op, shape, size, quick in [
+            ("global", "avg", (16, 2048, 7, 7), 1, True),
+            ("global", "max", (16, 2048, 7, 7), 1, False),
+            ("global", "avg", (16, 64, 112, 112), 1, False),
+            ("global", "max", (16, 64, 112, 112), 1, True),
+            ("adaptive", "avg", (16, 2048, 7, 7), 3, False),
+            ("adaptive", "max", (16, 2048, 7, 7), 3, False),
+            ("adaptive", "avg", (16, 64, 112, 112), 7, False),
+            ("adaptive", "max", (16, 64, 112, 112), 5, False),
+        ]
+    ),
+]  # fmt: skip
 
 
 def best_of(fn, repeats: int) -> float:
@@ -74,12 +90,18 @@ def best_of(fn, repeats: int) -> float:
 def poolkit_runner(case: Case, x: np.ndarray):
     import poolkit as pk
 
-    fn = pk.max_pool if case.op == "max" else pk.avg_pool
     data = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if case.channels_last else x
-    call = dict(stride=case.stride, padding=case.padding, channels_last=case.channels_last)
+    fn = getattr(
+        pk,
+        {"window": "{}_pool", "global": "global_{}_pool", "adaptive": "adaptive_{}_pool"}[case.family].format(case.op),
+    )
+    if case.family == "window":
+        args, call = (case.kernel,), dict(stride=case.stride, padding=case.padding, channels_last=case.channels_last)
+    else:
+        args, call = ((case.output_size,) if case.family == "adaptive" else ()), dict(channels_last=case.channels_last)
     if not case.backward:
-        return lambda: fn(data, case.kernel, **call)
-    y, pullback = pk.vjp(fn, data, case.kernel, **call)
+        return lambda: fn(data, *args, **call)
+    y, pullback = pk.vjp(fn, data, *args, **call)
     dy = np.ones_like(y)
     return lambda: pullback(dy)
 
@@ -92,20 +114,25 @@ def torch_runner(case: Case, x: np.ndarray, channels_last: bool):
     if channels_last and case.rank not in (2, 3):
         return None
     functional = torch.nn.functional
-    fn = getattr(functional, f"{case.op}_pool{case.rank}d")
+    if case.family == "window":
+        fn = getattr(functional, f"{case.op}_pool{case.rank}d")
+        args = (case.kernel, case.stride, case.padding)
+    else:
+        fn = getattr(functional, f"adaptive_{case.op}_pool{case.rank}d")
+        args = (case.output_size,)
     tensor = torch.from_numpy(x)
     if channels_last:
         tensor = tensor.contiguous(memory_format=torch.channels_last if case.rank == 2 else torch.channels_last_3d)
     if not case.backward:
-        return lambda: fn(tensor, case.kernel, case.stride, case.padding)
+        return lambda: fn(tensor, *args)
     leaf = tensor.detach().requires_grad_(True)
-    out = fn(leaf, case.kernel, case.stride, case.padding)
+    out = fn(leaf, *args)
     grad = torch.ones_like(out)
     return lambda: torch.autograd.grad(out, leaf, grad, retain_graph=True)
 
 
 def onnxruntime_runner(case: Case, x: np.ndarray, threads: int):
-    if case.backward or case.channels_last:
+    if case.backward or case.channels_last or case.family == "adaptive":
         return None
     try:
         import onnx
@@ -114,15 +141,18 @@ def onnxruntime_runner(case: Case, x: np.ndarray, threads: int):
     except ImportError:
         return None
     spatial = case.rank
-    node = helper.make_node(
-        "MaxPool" if case.op == "max" else "AveragePool",
-        ["x"],
-        ["y"],
-        kernel_shape=[case.kernel] * spatial,
-        strides=[case.stride] * spatial,
-        pads=[case.padding] * (2 * spatial),
-        **({"count_include_pad": 1} if case.op == "avg" else {}),
-    )
+    if case.family == "global":
+        node = helper.make_node("GlobalMaxPool" if case.op == "max" else "GlobalAveragePool", ["x"], ["y"])
+    else:
+        node = helper.make_node(
+            "MaxPool" if case.op == "max" else "AveragePool",
+            ["x"],
+            ["y"],
+            kernel_shape=[case.kernel] * spatial,
+            strides=[case.stride] * spatial,
+            pads=[case.padding] * (2 * spatial),
+            **({"count_include_pad": 1} if case.op == "avg" else {}),
+        )
     graph = helper.make_graph(
         [node],
         "pool",
@@ -139,13 +169,17 @@ def onnxruntime_runner(case: Case, x: np.ndarray, threads: int):
 
 
 def jax_runner(case: Case, x: np.ndarray):
-    if case.backward or case.channels_last:
+    if case.backward or case.channels_last or case.family == "adaptive":
         return None
     try:
         import jax
         import jax.numpy as jnp
     except ImportError:
         return None
+    if case.family == "global":
+        reduce = jax.jit(lambda a: (jnp.max if case.op == "max" else jnp.mean)(a, axis=tuple(range(2, a.ndim))))
+        data = jnp.asarray(x)
+        return lambda: reduce(data).block_until_ready()
     window = (1, 1) + (case.kernel,) * case.rank
     strides = (1, 1) + (case.stride,) * case.rank
     pads = ((0, 0), (0, 0)) + ((case.padding, case.padding),) * case.rank
@@ -160,11 +194,13 @@ def jax_runner(case: Case, x: np.ndarray):
 
 def numpy_runner(case: Case, x: np.ndarray):
     """The plain NumPy way: pad, take a sliding-window view, reduce."""
-    if case.backward or case.channels_last:
+    if case.backward or case.channels_last or case.family == "adaptive":
         return None
     axes = tuple(range(2, x.ndim))
     fill = -np.inf if case.op == "max" else 0.0
     reduce = np.max if case.op == "max" else np.mean
+    if case.family == "global":
+        return lambda: reduce(x, axis=axes)
 
     def run():
         padded = np.pad(x, [(0, 0), (0, 0)] + [(case.padding, case.padding)] * case.rank, constant_values=fill)
@@ -231,6 +267,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a subset that runs in under a minute")
     parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="", help="run the cases whose name contains this text (no files written)")
     args = parser.parse_args()
 
     os.environ["POOLKIT_NUM_THREADS"] = str(args.threads)
@@ -241,6 +278,7 @@ def main() -> None:
     except ImportError:
         pass
     cases = [c for c in CASES if c.quick] if args.quick else CASES
+    cases = [c for c in cases if args.only in c.name]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     results = []
     for case in cases:
@@ -249,6 +287,8 @@ def main() -> None:
         times = "  ".join(f"{k} {v * 1e3:.2f}" for k, v in result["times_s"].items())
         print(f"{case.name:42s} floor {result['floor_s'] * 1e3:6.2f} ms | {times} | "
               f"poolkit/floor {result['poolkit_over_floor']:.2f}", flush=True)  # fmt: skip
+    if args.only:
+        return
     RESULTS.mkdir(exist_ok=True)
     report = {"machine": machine, "quick": args.quick, "results": results}
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from gradients import finite_difference_grad
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 import poolkit as pk
 
-H = 1e-6
 SETTINGS = settings(max_examples=100, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
 BACKENDS = ["numpy", "numba"]
@@ -32,17 +32,6 @@ FIXED = {
     ("avg", 1): pk.avg_pool1d, ("avg", 2): pk.avg_pool2d, ("avg", 3): pk.avg_pool3d,
     ("lp", 1): pk.lp_pool1d, ("lp", 2): pk.lp_pool2d, ("lp", 3): pk.lp_pool3d,
 }  # fmt: skip
-
-
-def finite_difference_grad(f, x: np.ndarray, dy: np.ndarray, h: float = H) -> np.ndarray:
-    """Central differences of ``sum(dy * f(x))`` with respect to every entry of ``x``."""
-    grad = np.zeros_like(x, dtype=np.float64)
-    for i in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[i] += h
-        minus[i] -= h
-        grad[i] = (np.sum(dy * f(plus)) - np.sum(dy * f(minus))) / (2 * h)
-    return grad
 
 
 @dataclass

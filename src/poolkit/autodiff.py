@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import PoolingTypeError
+import numpy as np
+
+from .errors import PoolingConfigError, PoolingTypeError
 
 _RULES: dict[Callable, Callable] = {}
 
@@ -88,3 +90,25 @@ def vjp(op: Callable, x: Any, *args: Any, **params: Any) -> tuple[Any, Callable]
             f"{getattr(op, '__name__', op)!r} has no registered gradient; vjp takes one of: {known}"
         ) from None
     return rule(x, *args, **params)
+
+
+def checked_pullback(name: str, y: np.ndarray, gradient: Callable[[np.ndarray], Any]) -> Callable:
+    """A pullback for op ``name`` that checks ``dy`` against the result ``y``, then returns ``gradient(dy)``.
+
+    Every op's pullback goes through this, so a wrong ``dy`` gets the same
+    message everywhere: it must be real-valued and have ``y``'s shape.
+    """
+    shape = y.shape
+
+    def pullback(dy):
+        """The gradient of ``sum(dy * y)`` with respect to the op's input (and learnable parameters)."""
+        dy = np.asarray(dy)
+        if dy.shape != shape:
+            raise PoolingConfigError(
+                f"{name} pullback got dy of shape {dy.shape}; it must have the shape of the pooled output, {shape}"
+            )
+        if dy.dtype.kind not in "biuf":
+            raise PoolingTypeError(f"{name} pullback needs a real-valued dy; got dtype {dy.dtype}")
+        return gradient(dy)
+
+    return pullback

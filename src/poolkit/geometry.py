@@ -322,6 +322,130 @@ class Window:
         return flat
 
 
+@dataclass(frozen=True)
+class Bins:
+    """The geometry of adaptive (and global) pooling: each output cell reduces one box of input cells.
+
+    Along an axis of size ``L`` pooled to ``O`` bins, bin ``i`` covers the
+    input positions ``start <= p < stop`` with, in integer arithmetic::
+
+        start = floor(i * L / O)        stop = ceil((i + 1) * L / O)
+
+    (PyTorch's adaptive pooling rule). Bins of neighbouring outputs overlap
+    when ``O`` does not divide ``L``, and repeat cells when ``O > L``. Global
+    pooling is one bin per axis. Build it with :meth:`Bins.adaptive`.
+
+    Examples
+    --------
+    >>> from poolkit.geometry import Bins
+    >>> bins = Bins.adaptive((5, 4), (3, None))
+    >>> bins.out_shape
+    (3, 4)
+    >>> bins.bounds[0]            # (start, stop) of each bin along the first axis
+    ((0, 2), (1, 4), (3, 5))
+    >>> bins.divisor()
+    array([[2, 2, 2, 2],
+           [3, 3, 3, 3],
+           [2, 2, 2, 2]])
+    """
+
+    in_shape: tuple[int, ...]
+    bounds: tuple[tuple[tuple[int, int], ...], ...]
+
+    @classmethod
+    def adaptive(cls, in_shape: Sequence[int], output_size) -> Bins:
+        """Bins that pool ``in_shape`` to ``output_size``.
+
+        Parameters
+        ----------
+        in_shape : sequence of int
+            The spatial shape of the input (no batch or channel axes).
+        output_size : int, None or sequence of (int or None)
+            Bins per axis; an int applies to every axis; ``None`` keeps the
+            axis's input size. Sizes larger than the input are allowed (bins
+            then repeat cells, as in PyTorch).
+
+        Raises
+        ------
+        PoolingTypeError
+            A size that is not an integer or None.
+        PoolingConfigError
+            A size that is not positive, a sequence of the wrong length, or an
+            empty input axis.
+        """
+        in_shape = tuple(_to_int("input size", s) for s in in_shape)
+        rank = len(in_shape)
+        output_size = _scalar(output_size)
+        if _is_sequence(output_size):
+            sizes = tuple(_scalar(v) for v in output_size)
+            if len(sizes) != rank:
+                raise PoolingConfigError(
+                    f"output_size={tuple(output_size)!r} has {len(sizes)} entries for an input of {rank} "
+                    f"spatial axes {in_shape}; give {rank} values (None keeps an axis) or a single int"
+                )
+        elif output_size is None or isinstance(output_size, (numbers.Integral, np.integer)):
+            sizes = (output_size,) * rank
+        else:
+            raise PoolingTypeError(
+                f"output_size={output_size!r} must be an int, None or a sequence of them, "
+                f"got {type(output_size).__name__}"
+            )
+        resolved = []
+        for axis, (length, size) in enumerate(zip(in_shape, sizes)):
+            size = length if size is None else _to_int("output_size", size)
+            if size <= 0:
+                raise PoolingConfigError(
+                    f"output_size={output_size!r} asks for {size} bins along spatial axis {axis}; "
+                    "every output size must be >= 1 (larger than the input is allowed)"
+                )
+            if length <= 0:
+                raise PoolingConfigError(
+                    f"spatial axis {axis} of the input has size {length}; adaptive pooling needs at "
+                    "least one cell per axis"
+                )
+            resolved.append(size)
+        return _adaptive(in_shape, tuple(resolved))
+
+    @property
+    def rank(self) -> int:
+        """Number of spatial axes."""
+        return len(self.in_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Number of bins per axis."""
+        return tuple(len(axis) for axis in self.bounds)
+
+    @property
+    def lengths(self) -> tuple[np.ndarray, ...]:
+        """Cells per bin along each axis."""
+        return tuple(np.array([stop - start for start, stop in axis], dtype=np.int64) for axis in self.bounds)
+
+    def divisor(self, count_include_pad: bool = True, divisor_override: int | None = None) -> np.ndarray:
+        """Cells per bin (shape ``out_shape``), the divisor of an average; bins have no padding.
+
+        The signature matches :meth:`Window.divisor`, so a
+        :class:`~poolkit.reducers.Reduction` reads either.
+        """
+        if divisor_override is not None:
+            return np.full(self.out_shape, divisor_override, dtype=np.int64)
+        return _outer_product(self.lengths)
+
+    def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+        """Every output cell with the input box it reduces, in row-major order."""
+        for cell in itertools.product(*(range(len(axis)) for axis in self.bounds)):
+            yield cell, tuple(slice(*axis[i]) for axis, i in zip(self.bounds, cell))
+
+
+@functools.lru_cache(maxsize=512)
+def _adaptive(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Bins:
+    bounds = tuple(
+        tuple((i * length // size, -(-(i + 1) * length // size)) for i in range(size))
+        for length, size in zip(in_shape, out_shape)
+    )
+    return Bins(in_shape, bounds)
+
+
 def _outer_product(vectors: Sequence[np.ndarray]) -> np.ndarray:
     result = np.ones((), dtype=np.int64)
     for vec in vectors:

@@ -265,3 +265,58 @@ def test_backend_choice():
         pk.PoolingConfigError, match=r"backend='gpu' is not available; use one of 'auto', 'numba', 'numpy'"
     ):
         pk.max_pool2d(x, 2, backend="gpu")
+
+
+REDUCTIONS = {
+    "max": pk.reducers.max_reduction(),
+    "min": pk.reducers.min_reduction(),
+    "max-ignore-nan": pk.reducers.max_reduction("ignore"),
+    "avg": pk.reducers.avg_reduction(),
+    "l2": pk.reducers.lp_reduction(2.0),
+    "l3-mean": pk.reducers.lp_reduction(3.0, mean=True),
+    "linf": pk.reducers.lp_reduction(np.inf),
+}
+
+
+@st.composite
+def bins_cases(draw):
+    rank = draw(st.integers(1, 3))
+    sizes = tuple(draw(st.integers(1, 9)) for _ in range(rank))
+    output = tuple(draw(st.none() | st.integers(1, 10)) for _ in range(rank))
+    shape = (draw(st.integers(0, 2)), draw(st.integers(1, 4)), *sizes)
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(-3, 4, shape).astype(dtype) if dtype != "bool" else rng.random(shape) < 0.5
+    if x.dtype.kind == "f":
+        x[rng.random(shape) < 0.1] = np.nan
+        x[x == 0] = rng.choice([0.0, -0.0], int((x == 0).sum()))
+    return x, pk.geometry.Bins.adaptive(sizes, output), draw(st.booleans()), draw(st.integers(1, 64))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bins_cases(), st.sampled_from(sorted(REDUCTIONS)), st.booleans())
+def test_bins_match_reference(case, name, want_indices):
+    x, bins, channels_last, group_cells = case
+    reduction = REDUCTIONS[name]
+    if channels_last:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+    want_indices = want_indices and reduction.selects
+    saved, cpu.GROUP_CELLS = cpu.GROUP_CELLS, group_cells  # many groups per call, as large inputs have
+    try:
+        y, indices = cpu.bins_forward(x, bins, reduction, want_indices)
+    finally:
+        cpu.GROUP_CELLS = saved
+    expected, expected_indices = pk.kernels.numpy_ref.bins_forward(x, bins, reduction, want_indices)
+    assert y.dtype == expected.dtype
+    if reduction.selects:
+        np.testing.assert_array_equal(y, expected)
+        assert (np.signbit(y) == np.signbit(expected)).all()  # +0.0 / -0.0 ties go to the first
+    else:
+        np.testing.assert_allclose(y, expected, rtol=1e-6 if y.dtype.itemsize < 8 else 1e-12)
+    if not want_indices and reduction.selects:
+        return
+    np.testing.assert_array_equal(indices, expected_indices)
+    dy = np.random.default_rng(0).standard_normal(y.shape)
+    dx = cpu.bins_backward(dy, x, y, indices, bins, reduction)
+    expected_dx = pk.kernels.numpy_ref.bins_backward(dy, x, expected, expected_indices, bins, reduction)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-6 if dx.dtype.itemsize < 8 else 1e-12, atol=1e-12)

@@ -40,26 +40,18 @@ class Layout:
 def as_pool_input(x, rank: int | None, channels_last: bool, op_name: str) -> tuple[np.ndarray, Layout]:
     """Check and view ``x`` for pooling ``rank`` spatial axes (``None``: all but N and C).
 
+    ``x`` is read by :func:`as_array`: anything NumPy can view in CPU memory.
+
     Raises
     ------
     PoolingTypeError
-        ``x`` is not an array of real numbers (bool, int, uint or float).
+        ``x`` is not an array of real numbers (bool, int, uint or float), or
+        it lives in memory the CPU cannot read (see :func:`as_array`).
     PoolingConfigError
         ``x`` has the wrong number of axes for the op.
     """
     check_flag("channels_last", channels_last)
-    try:
-        array = np.asarray(x)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise PoolingTypeError(
-            f"{op_name} could not read x ({type(x).__name__}) as an array: {err}. Pass a NumPy array, or a "
-            "CPU tensor detached from autograd in a NumPy dtype (e.g. t.detach().float())"
-        ) from err
-    if array.dtype.kind not in "biuf":
-        raise PoolingTypeError(
-            f"{op_name} needs an array of real numbers (bool, int, uint or float); got dtype "
-            f"{array.dtype}. Convert it first, e.g. x.astype(np.float32)"
-        )
+    array = as_array(x, op_name)
     layout_name = "(N, *spatial, C)" if channels_last else "(N, C, *spatial)"
     if rank is None:
         if array.ndim < 3:
@@ -82,6 +74,106 @@ def as_pool_input(x, rank: int | None, channels_last: bool, op_name: str) -> tup
         unbatched = array.ndim == rank + 1
     layout = Layout(unbatched=unbatched, channels_last=bool(channels_last))
     return layout.to_kernel(array), layout
+
+
+# DLPack device types (dlpack.h, DLDeviceType) other than kDLCPU = 1, for error messages.
+_DLPACK_DEVICES = {
+    2: "cuda", 3: "cuda_host", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm", 11: "rocm_host",
+    12: "ext_dev", 13: "cuda_managed", 14: "oneapi", 15: "webgpu", 16: "hexagon", 17: "maia",
+}  # fmt: skip
+_DLPACK_CPU = 1
+
+
+def as_array(x, op_name: str, name: str = "x") -> np.ndarray:
+    """``x`` as a NumPy array of real numbers, without a copy wherever NumPy can view it.
+
+    Accepted: NumPy arrays and anything ``np.asarray`` reads (lists, objects
+    with ``__array__`` or the array interface, JAX arrays on the CPU), CPU
+    PyTorch tensors, and other objects that export ``__dlpack__`` from CPU
+    memory. A tensor that requires grad is read through ``x.detach()``, a view
+    of the same memory: a NumPy function records no autograd history (use
+    :mod:`poolkit.torch` for layers that do).
+
+    Parameters
+    ----------
+    x : array_like
+        The value to read.
+    op_name, name : str
+        The op and the argument, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shares memory with ``x`` where ``x`` is in CPU memory in a NumPy dtype.
+
+    Raises
+    ------
+    PoolingTypeError
+        ``x`` lives on a GPU or another device the CPU cannot read (a PyTorch
+        tensor on ``cuda`` or ``meta``, a DLPack device other than the CPU),
+        cannot be read as an array, or is not of real numbers (bool, int,
+        uint or float).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from poolkit.ops._common import as_array
+    >>> x = np.arange(3.0)
+    >>> as_array(x, "max_pool") is x
+    True
+    >>> as_array([[1, 2]], "max_pool")
+    array([[1, 2]])
+    """
+    if isinstance(x, np.ndarray):
+        array = x
+    else:
+        device = _device_name(x)
+        if device == "meta":
+            raise PoolingTypeError(
+                f"{op_name} got {name} ({type(x).__name__}) on PyTorch's 'meta' device, which holds a shape but no "
+                "values; pool a tensor that has data"
+            )
+        if device is not None:
+            raise PoolingTypeError(
+                f"{op_name} got {name} ({type(x).__name__}) on device {device!r}; poolkit's NumPy functions read "
+                f"CPU memory only. Move it to the CPU first ({name}.cpu() in PyTorch, jax.device_get({name}) in "
+                "JAX), or use the poolkit.torch layers, which copy a tensor to the CPU and the result back"
+            )
+        if getattr(x, "requires_grad", False) and callable(getattr(x, "detach", None)):
+            x = x.detach()
+        try:
+            if hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
+                array = np.from_dlpack(x)
+            else:
+                array = np.asarray(x)
+        except (TypeError, ValueError, RuntimeError, BufferError) as err:
+            raise PoolingTypeError(
+                f"{op_name} could not read {name} ({type(x).__name__}) as an array: {err}. Pass a NumPy array, "
+                f"or a CPU tensor in a NumPy dtype (e.g. {name}.float())"
+            ) from err
+    if array.dtype.kind not in "biuf":
+        raise PoolingTypeError(
+            f"{op_name} needs an array of real numbers (bool, int, uint or float) for {name}; got dtype "
+            f"{array.dtype}. Convert it first, e.g. {name}.astype(np.float32)"
+        )
+    return array
+
+
+def _device_name(x) -> str | None:
+    """The device holding ``x`` when the CPU cannot read it there, else None."""
+    device = getattr(x, "device", None)
+    if isinstance(getattr(device, "type", None), str):  # a PyTorch tensor: "cpu", "cuda", "meta", ...
+        return None if device.type == "cpu" else str(device)
+    dlpack_device = getattr(x, "__dlpack_device__", None)
+    if not callable(dlpack_device):
+        return None
+    try:
+        kind, index = dlpack_device()
+    except (TypeError, ValueError, RuntimeError, BufferError) as err:
+        return f"unknown ({err})"
+    if int(kind) == _DLPACK_CPU:
+        return None
+    return f"{_DLPACK_DEVICES.get(int(kind), f'DLPack device type {int(kind)}')}:{index}"
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import reducers
-from ..autodiff import defvjp
+from ..autodiff import checked_pullback, defvjp
 from ..errors import PoolingConfigError, PoolingTypeError
 from ..geometry import IntOrSeq, Padding, Window
 from ..kernels import get_backend
@@ -335,19 +335,10 @@ def _pool(
     if return_indices and np.may_share_memory(result[1], indices):
         indices = indices.copy()
 
-    def pullback(dy: ArrayLike) -> np.ndarray:
-        """The gradient with respect to ``x`` of ``sum(dy * y)``, in ``x``'s layout."""
-        dy = np.asarray(dy)
-        if dy.shape != user_y.shape:
-            raise PoolingConfigError(
-                f"{name} pullback got dy of shape {dy.shape}; it must have the shape of the pooled "
-                f"output, {user_y.shape}"
-            )
-        if dy.dtype.kind not in "biuf":
-            raise PoolingTypeError(f"{name} pullback needs a real-valued dy; got dtype {dy.dtype}")
+    def gradient(dy: np.ndarray) -> np.ndarray:
         return layout.to_user(kernels.backward(layout.to_kernel(dy), array, y, indices, window, reduction))
 
-    return result, pullback
+    return result, checked_pullback(name, user_y, gradient)
 
 
 def _vjp_rule(op: str, rank: int | None, signature: inspect.Signature) -> Callable:

@@ -1,0 +1,220 @@
+"""Blur pooling and anti-aliased max pooling (Zhang 2019, "Making convolutional networks shift-invariant again").
+
+:func:`blur_pool` low-passes each channel with a normalised binomial filter
+and subsamples it by the stride; :func:`antialiased_max_pool` is max pooling
+at stride 1 followed by a blur pool, the "MaxBlurPool" that keeps max
+pooling's choice of features while removing the aliasing of its stride.
+
+The blur is separable: along each spatial axis it is one linear map, built
+once per (size, stride, filter, padding mode) as a small matrix that holds the
+filter taps and the padding rule (reflect, replicate or zeros); the forward
+pass applies the matrices, the pullback their transposes.
+"""
+
+from __future__ import annotations
+
+import functools
+from math import comb
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..autodiff import checked_pullback, defvjp, vjp
+from ..errors import PoolingConfigError
+from ..geometry import IntOrSeq, _per_axis, _to_int
+from ..reducers import gradient_dtype
+from ._common import as_pool_input, check_choice
+from .pooling import max_pool
+
+__all__ = ["blur_pool", "antialiased_max_pool"]
+
+PADDING_MODES = ("reflect", "replicate", "zeros")
+
+
+def blur_pool(
+    x: ArrayLike,
+    stride: IntOrSeq = 2,
+    filter_size: int = 3,
+    padding_mode: str = "reflect",
+    *,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Blur pooling: a normalised binomial low-pass filter, then subsampling by ``stride``.
+
+    Along each spatial axis the filter of size ``f`` is row ``f-1`` of Pascal's
+    triangle over its sum (``f=3``: ``[1, 2, 1] / 4``); the input is padded by
+    ``(f-1)//2`` cells before and ``f//2`` after, and::
+
+        y[o] = sum_j w[j] * x_padded[o*stride + j],   out = floor((L - 1) / stride) + 1
+
+    The N-D filter is the outer product of the 1-D ones (the 2-D filter of
+    Zhang's anti-aliased CNNs), applied axis by axis.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+        Float inputs keep their dtype; integers give float64.
+    stride : int or sequence of int
+        Subsampling step per spatial axis.
+    filter_size : int
+        Taps of the binomial filter, 1 to 7 (1: plain subsampling).
+    padding_mode : {"reflect", "replicate", "zeros"}
+        How the border is extended: mirrored without repeating the edge cell
+        (the paper's choice), the edge cell repeated, or zeros.
+    channels_last : bool
+        Input and output are ``(N, *spatial, C)``.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    PoolingConfigError
+        A filter size outside 1-7, a bad stride or padding mode, or
+        ``"reflect"`` padding on an axis not longer than the padding.
+
+    Examples
+    --------
+    An edge is smoothed before it is subsampled:
+
+    >>> import numpy as np, poolkit as pk
+    >>> x = np.array([[[0., 0., 0., 4., 4., 4.]]])
+    >>> pk.blur_pool(x)
+    array([[[0., 1., 4.]]])
+    >>> pk.blur_pool(x, padding_mode="zeros", filter_size=1)
+    array([[[0., 0., 4.]]])
+    """
+    return _blur(x, stride, filter_size, padding_mode, channels_last, with_pullback=False)
+
+
+def antialiased_max_pool(
+    x: ArrayLike,
+    kernel_size: IntOrSeq = 2,
+    stride: IntOrSeq = 2,
+    *,
+    filter_size: int = 3,
+    padding_mode: str = "reflect",
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Anti-aliased max pooling (MaxBlurPool): ``blur_pool(max_pool(x, kernel_size, stride=1), stride)``.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    kernel_size : int or sequence of int
+        The max pool's window; it runs at stride 1 without padding.
+    stride : int or sequence of int
+        The subsampling, done by the blur.
+    filter_size, padding_mode
+        As in :func:`blur_pool`.
+    channels_last, backend
+        As in :func:`poolkit.max_pool`.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> import numpy as np, poolkit as pk
+    >>> x = np.array([[[0., 0., 8., 0., 0., 0., 0.]]])
+    >>> pk.max_pool(x, 2)              # where the spike lands decides the output
+    array([[[0., 8., 0.]]])
+    >>> pk.antialiased_max_pool(x, 2)  # spread over its neighbours instead
+    array([[[4., 6., 0.]]])
+    """
+    return _antialiased(x, kernel_size, stride, filter_size, padding_mode, channels_last, backend, with_pullback=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _blur_matrix(size: int, stride: int, filter_size: int, padding_mode: str) -> np.ndarray:
+    """The ``(out, size)`` matrix of one axis: filter taps, padding rule and subsampling in one linear map."""
+    taps = np.array([comb(filter_size - 1, j) for j in range(filter_size)], dtype=np.float64)
+    taps /= taps.sum()
+    before = (filter_size - 1) // 2
+    out = (size - 1) // stride + 1
+    matrix = np.zeros((out, size), dtype=np.float64)
+    for o in range(out):
+        for j, weight in enumerate(taps):
+            position = o * stride + j - before
+            if 0 <= position < size:
+                matrix[o, position] += weight
+            elif padding_mode == "replicate":
+                matrix[o, min(max(position, 0), size - 1)] += weight
+            elif padding_mode == "reflect":
+                matrix[o, -position if position < 0 else 2 * (size - 1) - position] += weight
+    matrix.flags.writeable = False
+    return matrix
+
+
+def _matrices(spatial, stride, filter_size, padding_mode) -> list[np.ndarray]:
+    strides = _per_axis("stride", stride, len(spatial))
+    size = _to_int("filter_size", filter_size)
+    if not 1 <= size <= 7:
+        raise PoolingConfigError(f"filter_size={filter_size!r} is not available; use a binomial filter of 1 to 7 taps")
+    check_choice("padding_mode", padding_mode, PADDING_MODES)
+    if padding_mode == "reflect":
+        for axis, length in enumerate(spatial):
+            if length <= size // 2:
+                raise PoolingConfigError(
+                    f"padding_mode='reflect' needs spatial axis {axis} longer than its padding of {size // 2} "
+                    f"(filter_size={size}); it has {length}. Use padding_mode='replicate' or 'zeros', or a "
+                    "smaller filter"
+                )
+    return [_blur_matrix(length, s, size, padding_mode) for length, s in zip(spatial, strides)]
+
+
+def _apply(array: np.ndarray, matrices: list[np.ndarray], transpose: bool) -> np.ndarray:
+    """Apply one matrix per spatial axis (axes 2, 3, ...), or their transposes in reverse order."""
+    order = reversed(list(enumerate(matrices))) if transpose else enumerate(matrices)
+    for axis, matrix in order:
+        operator = (matrix if transpose else matrix.T).astype(array.dtype, copy=False)
+        array = np.moveaxis(np.moveaxis(array, axis + 2, -1) @ operator, -1, axis + 2)
+    return array
+
+
+def _blur(x, stride, filter_size, padding_mode, channels_last, *, with_pullback):
+    array, layout = as_pool_input(x, None, channels_last, "blur_pool")
+    matrices = _matrices(array.shape[2:], stride, filter_size, padding_mode)
+    dtype = gradient_dtype(array.dtype)
+    y = layout.to_user(_apply(array.astype(dtype, copy=False), matrices, transpose=False))
+    if not with_pullback:
+        return y
+
+    def gradient(dy: np.ndarray) -> np.ndarray:
+        return layout.to_user(_apply(layout.to_kernel(dy).astype(dtype, copy=False), matrices, transpose=True))
+
+    return y, checked_pullback("blur_pool", y, gradient)
+
+
+def _antialiased(x, kernel_size, stride, filter_size, padding_mode, channels_last, backend, *, with_pullback):
+    array, layout = as_pool_input(x, None, channels_last, "antialiased_max_pool")
+    if not with_pullback:
+        high = max_pool(array, kernel_size, 1, backend=backend)
+        return layout.to_user(blur_pool(high, stride, filter_size, padding_mode))
+    high, max_pullback = vjp(max_pool, array, kernel_size, 1, backend=backend)
+    y, blur_pullback = vjp(blur_pool, high, stride, filter_size, padding_mode)
+    y = layout.to_user(y)
+
+    def gradient(dy: np.ndarray) -> np.ndarray:
+        return layout.to_user(max_pullback(blur_pullback(layout.to_kernel(dy))))
+
+    return y, checked_pullback("antialiased_max_pool", y, gradient)
+
+
+def _blur_rule(x, stride=2, filter_size=3, padding_mode="reflect", *, channels_last=False):
+    return _blur(x, stride, filter_size, padding_mode, channels_last, with_pullback=True)
+
+
+def _antialiased_rule(
+    x, kernel_size=2, stride=2, *, filter_size=3, padding_mode="reflect", channels_last=False, backend="auto"
+):
+    return _antialiased(x, kernel_size, stride, filter_size, padding_mode, channels_last, backend, with_pullback=True)
+
+
+defvjp(blur_pool, _blur_rule)
+defvjp(antialiased_max_pool, _antialiased_rule)
