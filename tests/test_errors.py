@@ -30,7 +30,7 @@ X = np.zeros((1, 2, 6, 6))
             r"padding='full' is not a padding mode; use one of 'valid', 'same', 'same_lower'",
         ),
         (dict(kernel_size=3, padding=2), PoolingConfigError, r"padding=2 puts 2 cells .* at most 1\).*padding='same'"),
-        (dict(kernel_size=3, padding=((0, 2), 0)), PoolingConfigError, r"more than half the kernel"),
+        (dict(kernel_size=3, padding=(2, 0)), PoolingConfigError, r"more than half the kernel"),
         (dict(kernel_size=3, padding=1.0), PoolingTypeError, r"padding=1.0 contains 1.0 \(float\)"),
         (dict(kernel_size=3, padding=True), PoolingTypeError, r"contains a bool.*ceil_mode by keyword"),
         (

@@ -185,7 +185,9 @@ class Window:
             or a ``(before, after)`` pair; ``"valid"`` (none); ``"same"``
             (TF / ONNX SAME_UPPER: ``out = ceil(in / stride)``, the odd cell
             at the end); ``"same_lower"`` (the odd cell at the start).
-            Numeric padding may not exceed ``kernel_size // 2`` per side.
+            Padding given as ints (PyTorch's form) may not exceed
+            ``kernel_size // 2``; ``(before, after)`` pairs (the ONNX / TF
+            form) may be any size, as long as every window reads a real cell.
         dilation : int or sequence of int
             Step between the taps of a window.
         ceil_mode : bool
@@ -521,24 +523,27 @@ def _resolve_padding(padding, in_shape, kernel, strides, dilations) -> tuple[tup
                 f"padding={tuple(padding)!r} has {len(padding)} entries, {more} than the input's {rank} "
                 f"spatial axes; give one int or (before, after) pair per axis, or a single int"
             )
-        pairs = []
+        pairs, limited = [], []
         for entry in padding:
             if _is_sequence(entry):
                 if len(entry) != 2:
                     raise PoolingConfigError(f"padding entry {tuple(entry)!r} must be an int or a (before, after) pair")
                 pairs.append((_pad_int(padding, entry[0]), _pad_int(padding, entry[1])))
+                limited.append(False)
             else:
                 value = _pad_int(padding, _scalar(entry))
                 pairs.append((value, value))
+                limited.append(True)
     else:
         value = _pad_int(padding, padding)
-        pairs = [(value, value)] * rank
-    for axis, ((before, after), k) in enumerate(zip(pairs, kernel)):
-        if max(before, after) > k // 2:
+        pairs, limited = [(value, value)] * rank, [True] * rank
+    for axis, ((before, after), k, checked) in enumerate(zip(pairs, kernel, limited)):
+        if checked and max(before, after) > k // 2:
             raise PoolingConfigError(
                 f"padding={padding!r} puts {max(before, after)} cells on one side of spatial axis {axis}, "
                 f"more than half the kernel (kernel_size={k} allows at most {k // 2}); PyTorch refuses "
-                f"this too. Use padding <= {k // 2}, or padding='same' for TensorFlow/ONNX SAME padding"
+                f"this too. Use padding <= {k // 2}, padding='same' for TensorFlow/ONNX SAME padding, or a "
+                "(before, after) pair per axis for explicit ONNX pads"
             )
     return tuple(pairs)
 

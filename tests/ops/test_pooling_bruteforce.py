@@ -54,7 +54,11 @@ class Geometry:
 
 
 def oracle_axis(size, kernel, stride, dilation, pad, ceil_mode) -> tuple[AxisGeometry, str | None]:
-    """One axis from the formulas of the contract; ``pad`` is ``(before, after)`` or a mode string."""
+    """One axis from the formulas of the contract.
+
+    ``pad`` is an int (PyTorch's form, at most ``kernel // 2``), a ``(before, after)`` pair (ONNX's form, any
+    size) or a mode string.
+    """
     stride = kernel if stride is None else stride
     refused = None
     if isinstance(pad, str):
@@ -69,10 +73,12 @@ def oracle_axis(size, kernel, stride, dilation, pad, ceil_mode) -> tuple[AxisGeo
             else:  # same_lower
                 after = total // 2
                 before = total - after
+    elif isinstance(pad, int):
+        before = after = pad
+        if pad > kernel // 2:
+            refused = "numeric padding above kernel // 2"
     else:
         before, after = pad
-        if max(before, after) > kernel // 2:
-            refused = "numeric padding above kernel // 2"
     numerator = size + before + after - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     out = math.floor(numerator / stride) + 1
     if ceil_mode and (out - 1) * stride >= size + before:
@@ -247,14 +253,14 @@ def configs(draw, ranks=(1, 2, 3), paddings=("int", "sequence", "valid", "same",
     form = draw(st.sampled_from(paddings))
     if form == "int":
         value = draw(st.integers(0, min(kernel) // 2 + over))
-        padding, pads = value, [(value, value)] * rank
+        padding, pads = value, [value] * rank
     elif form == "sequence":
         padding, pads = [], []
         for k in kernel:
             if draw(st.booleans()):
                 value = draw(st.integers(0, k // 2 + over))
                 padding.append(value)
-                pads.append((value, value))
+                pads.append(value)
             else:
                 pair = (draw(st.integers(0, k // 2 + over)), draw(st.integers(0, k // 2 + over)))
                 padding.append(pair)
@@ -818,8 +824,8 @@ def test_refused_exactly_when_the_oracle_refuses(cfg, op):
     ("spatial", "kwargs"),
     [
         ((4,), {"kernel_size": 3, "padding": 2}),  # numeric padding above k // 2
-        ((4,), {"kernel_size": 2, "padding": [(0, 2)]}),  # a per-side pair above k // 2
-        ((4,), {"kernel_size": 4, "padding": [(0, 3)]}),  # one side above the limit
+        ((4,), {"kernel_size": 2, "padding": [(0, 2)]}),  # a pair may pass k // 2, but window 2 reads padding only
+        ((4,), {"kernel_size": 4, "padding": (3,)}),  # one int per axis above the limit
         ((2,), {"kernel_size": 3}),  # kernel larger than the input
         ((3,), {"kernel_size": 2, "dilation": 3}),  # dilated span 4 > 3
         ((1,), {"kernel_size": 2, "dilation": 3, "padding": "same"}),  # taps at -1 and 2: padding only
@@ -835,11 +841,9 @@ def test_refusals_by_hand(spatial, kwargs):
     if isinstance(pad, str):
         pads = [pad] * rank
     elif isinstance(pad, int):
-        pads = [(pad, pad)] * rank
-    elif isinstance(pad, tuple):  # one int per axis
-        pads = [(v, v) for v in pad]
-    else:
-        pads = list(pad)
+        pads = [pad] * rank
+    else:  # one int or (before, after) pair per axis
+        pads = [tuple(v) if isinstance(v, (tuple, list)) else v for v in pad]
     geo = oracle_geometry(spatial, kernel_t, None, (dil,) * rank, pads, False)
     assert geo.refused is not None
     with pytest.raises(pk.PoolingConfigError):
