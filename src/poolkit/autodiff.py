@@ -41,7 +41,7 @@ def defvjp(op: Callable, rule: Callable) -> None:
     _RULES[op] = rule
 
 
-def vjp(op: Callable, x: Any, *args: Any, **params: Any) -> tuple[Any, Callable]:
+def vjp(op: Callable, x: Any, /, *args: Any, **params: Any) -> tuple[Any, Callable]:
     """Run ``op(x, *args, **params)`` and return its result with a pullback.
 
     ``pullback(dy)`` returns ``dx``, the gradient of ``sum(dy * y)`` with
@@ -102,13 +102,13 @@ def checked_pullback(name: str, y: np.ndarray, gradient: Callable[[np.ndarray], 
 
     def pullback(dy):
         """The gradient of ``sum(dy * y)`` with respect to the op's input (and learnable parameters)."""
-        dy = np.asarray(dy)
+        from .ops._common import as_array  # here, not at the top: poolkit.ops imports this module
+
+        dy = as_array(dy, f"{name} pullback", "dy")
         if dy.shape != shape:
             raise PoolingConfigError(
                 f"{name} pullback got dy of shape {dy.shape}; it must have the shape of the pooled output, {shape}"
             )
-        if dy.dtype.kind not in "biuf":
-            raise PoolingTypeError(f"{name} pullback needs a real-valued dy; got dtype {dy.dtype}")
         return gradient(dy)
 
     return pullback

@@ -48,7 +48,7 @@ class Reduction:
     nan : {"propagate", "ignore"}
         For selects: a NaN wins its window (PyTorch; the last NaN in scan
         order gets the index), or NaNs are skipped and a window of NaNs alone
-        gives NaN (ONNX Runtime's MaxPool never picks a NaN).
+        gives NaN (the ONNX reference MaxPool; ONNX Runtime 1.2x picks a NaN or not by its place).
     """
 
     kind: str

@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 from ..autodiff import checked_pullback, defvjp, vjp
 from ..errors import PoolingConfigError, PoolingTypeError
 from ..geometry import IntOrSeq, Padding
-from ._common import as_pool_input
+from ._common import as_array, as_pool_input
 from .pooling import avg_pool, max_pool
 
 __all__ = ["mixed_pool"]
@@ -77,14 +77,12 @@ def mixed_pool(
 
 def _alpha(alpha, channels: int) -> tuple[np.ndarray, bool]:
     """``alpha`` as a float64 array broadcastable to ``(N, C, ...)``, and whether it is per channel."""
-    try:
-        if isinstance(alpha, (bool, np.bool_, str, bytes)):
-            raise TypeError(f"got {type(alpha).__name__}")
-        weights = np.asarray(alpha, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+    if isinstance(alpha, (bool, np.bool_, str, bytes)):
         raise PoolingTypeError(
-            f"alpha={alpha!r} must be a real number or an array of {channels} per-channel weights ({err})"
-        ) from None
+            f"alpha={alpha!r} must be a real number or an array of {channels} per-channel weights, "
+            f"got {type(alpha).__name__}"
+        )
+    weights = as_array(alpha, "mixed_pool", "alpha").astype(np.float64)
     if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != channels):
         raise PoolingConfigError(
             f"alpha of shape {weights.shape} does not fit an input of {channels} channels; give one number or an "

@@ -79,7 +79,7 @@ def max_pool(
         Input and output are ``(N, *spatial, C)``.
     nan : {"propagate", "ignore"}
         ``"propagate"`` (PyTorch): a NaN wins its window, and the index points
-        at the last NaN in scan order. ``"ignore"`` (ONNX Runtime): NaNs are
+        at the last NaN in scan order. ``"ignore"`` (the ONNX reference): NaNs are
         skipped; a window holding only NaNs gives NaN.
     backend : {"auto", "numba", "numpy"}
         The kernel backend: ``"numba"`` (compiled, parallel; the default

@@ -1,0 +1,535 @@
+"""Pooling for Dask arrays: the in-memory ops, lazily, chunk by chunk, for arrays larger than memory.
+
+``poolkit.dask.max_pool``, ``avg_pool``, ``lp_pool`` and ``min_pool`` take a
+``dask.array.Array`` and the arguments of :func:`poolkit.max_pool` and
+friends, and return a lazy ``dask.array.Array`` holding what the in-memory op
+would return: identical values for max and min, equal within rounding for the
+sums of avg and Lp, whatever the chunking.
+
+How a chunked pool works, along one spatial axis (the geometry is read from a
+:class:`poolkit.Window` built on the whole array, never re-derived here):
+
+* the output windows are split into runs, one per output chunk, and the input
+  is rechunked so that input chunk ``j`` starts exactly where the first window
+  of run ``j`` starts (``Axis.starts``). A chunk boundary that does not fall on
+  a window start moves up to the next one; a chunk shorter than the halo is
+  merged into its neighbour;
+* each block then reads its own chunk plus a right halo of
+  ``dilation*(kernel-1) + 1 - stride`` cells from the next chunk
+  (``dask.array.map_overlap``; ``map_blocks`` when windows do not overlap);
+* the block is pooled by the in-memory op with the block's own padding
+  where its windows hang over the array's edges (left padding, right padding,
+  ceil-mode overhang). Where that padding is more than ``kernel // 2`` or
+  would change an average's divisor (``count_include_pad`` with ceil-mode
+  overhang), the block is instead padded with the reduction's identity and its
+  window sums are divided by the counts of the whole-array ``Window``; either
+  way edge windows count exactly the cells the in-memory op counts.
+
+The same code runs on the threaded scheduler, a ``distributed.LocalCluster``
+or a multi-machine cluster: whichever scheduler is active computes the graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+
+from . import reducers
+from .errors import PoolingConfigError, PoolingTypeError
+from .geometry import Axis, IntOrSeq, Padding, Window
+from .ops import pooling
+from .ops._common import as_pool_input, check_choice, check_flag
+
+__all__ = ["max_pool", "avg_pool", "lp_pool", "min_pool", "pool", "pyramid"]
+
+OPS = ("max", "avg", "lp", "min")
+_IN_MEMORY = {"max": pooling.max_pool, "avg": pooling.avg_pool, "lp": pooling.lp_pool, "min": pooling.min_pool}
+
+
+def max_pool(
+    x: da.Array,
+    kernel_size: IntOrSeq,
+    stride: IntOrSeq | None = None,
+    padding: Padding = 0,
+    dilation: IntOrSeq = 1,
+    ceil_mode: bool = False,
+    *,
+    channels_last: bool = False,
+    nan: str = "propagate",
+    backend: str = "auto",
+) -> da.Array:
+    """Max pooling of a Dask array, lazily: :func:`poolkit.max_pool` chunk by chunk.
+
+    ``y[n, c, o] = max_j x[n, c, o*s - pad_before + j*d]`` over the real cells
+    of each window. Windows that cross chunk boundaries read a halo from the
+    next chunk; the values are identical to the in-memory op's for any
+    chunking.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    kernel_size, stride, padding, dilation, ceil_mode, channels_last, nan, backend
+        As in :func:`poolkit.max_pool` (``padding="same"`` included).
+        ``return_indices`` is not offered: a flat index into a larger-than-memory
+        plane is rarely what a chunked pipeline wants.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy; ``.compute()`` (or ``.to_zarr(...)``) runs it. Its chunks along
+        the spatial axes follow the input's, moved to window boundaries.
+
+    Raises
+    ------
+    PoolingTypeError
+        ``x`` is not a Dask array, or not of real numbers.
+    PoolingConfigError
+        Any argument the in-memory op refuses, with the same message.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> x = da.from_array(np.arange(16.0).reshape(1, 1, 4, 4), chunks=(1, 1, 3, 3))
+    >>> y = pkd.max_pool(x, 3, stride=2, padding=1)
+    >>> y.compute()
+    array([[[[ 5.,  7.],
+             [13., 15.]]]])
+    """
+    geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    return _lazy_pool("max", x, geometry, dict(nan=nan), channels_last, backend)
+
+
+def min_pool(
+    x: da.Array,
+    kernel_size: IntOrSeq,
+    stride: IntOrSeq | None = None,
+    padding: Padding = 0,
+    dilation: IntOrSeq = 1,
+    ceil_mode: bool = False,
+    *,
+    channels_last: bool = False,
+    nan: str = "propagate",
+    backend: str = "auto",
+) -> da.Array:
+    """Min pooling of a Dask array, lazily: :func:`poolkit.min_pool` chunk by chunk.
+
+    The parameters are those of :func:`max_pool`.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> x = da.from_array(np.array([[[4.0, 1.0, 7.0, 3.0, 9.0, 2.0]]]), chunks=2)
+    >>> pkd.min_pool(x, 3).compute()
+    array([[[1., 2.]]])
+    """
+    geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    return _lazy_pool("min", x, geometry, dict(nan=nan), channels_last, backend)
+
+
+def avg_pool(
+    x: da.Array,
+    kernel_size: IntOrSeq,
+    stride: IntOrSeq | None = None,
+    padding: Padding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    *,
+    dilation: IntOrSeq = 1,
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> da.Array:
+    """Average pooling of a Dask array, lazily: :func:`poolkit.avg_pool` chunk by chunk.
+
+    ``y = (sum of the window's real cells) / divisor``, with the divisors of
+    the whole array's :class:`~poolkit.Window` (:meth:`~poolkit.Window.divisor`'s
+    rule) at every chunk, so the border windows match the in-memory op within
+    rounding.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation, channels_last, backend
+        As in :func:`poolkit.avg_pool`.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, in the in-memory op's dtype.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> x = da.ones((1, 1, 4), chunks=1)
+    >>> pkd.avg_pool(x, 3, stride=1, padding=1).compute()
+    array([[[0.66666667, 1.        , 1.        , 0.66666667]]])
+    """
+    geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    options = dict(count_include_pad=count_include_pad, divisor_override=divisor_override)
+    return _lazy_pool("avg", x, geometry, options, channels_last, backend)
+
+
+def lp_pool(
+    x: da.Array,
+    p: float,
+    kernel_size: IntOrSeq,
+    stride: IntOrSeq | None = None,
+    padding: Padding = 0,
+    ceil_mode: bool = False,
+    mean: bool = False,
+    *,
+    dilation: IntOrSeq = 1,
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> da.Array:
+    """Lp pooling of a Dask array, lazily: :func:`poolkit.lp_pool` chunk by chunk.
+
+    ``y = (sum |x|**p)**(1/p)`` over the window's real cells; with
+    ``mean=True`` the power mean ``((1/n) sum |x|**p)**(1/p)`` over the ``n``
+    real cells (equal to the in-memory op within rounding).
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    p, kernel_size, stride, padding, ceil_mode, mean, dilation, channels_last, backend
+        As in :func:`poolkit.lp_pool`.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, in the in-memory op's dtype.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> x = da.from_array(np.array([[[3.0, -4.0, 0.0, 12.0]]]), chunks=1)
+    >>> pkd.lp_pool(x, 2, 2).compute()
+    array([[[ 5., 12.]]])
+    """
+    geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    return _lazy_pool("lp", x, geometry, dict(p=p, mean=mean), channels_last, backend)
+
+
+def pool(x: da.Array, op: str, *args, **kwargs) -> da.Array:
+    """The lazy pool named by ``op``: ``pool(x, "max", 2)`` is ``max_pool(x, 2)``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        The input.
+    op : {"max", "avg", "lp", "min"}
+        Which pool.
+    *args, **kwargs
+        That function's other arguments.
+
+    Raises
+    ------
+    PoolingConfigError
+        ``op`` is not one of the four.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> pkd.pool(da.arange(6.0, chunks=4).reshape(1, 1, 6), "avg", 2).compute()
+    array([[[0.5, 2.5, 4.5]]])
+    """
+    function = {"max": max_pool, "avg": avg_pool, "lp": lp_pool, "min": min_pool}
+    return function[check_choice("op", op, OPS)](x, *args, **kwargs)
+
+
+def pyramid(
+    x: da.Array,
+    levels: int = 4,
+    op: str = "avg",
+    factor: int = 2,
+    *,
+    channels_last: bool = False,
+    zarr_path: str | os.PathLike | None = None,
+) -> list[da.Array]:
+    """A multiscale image pyramid: ``x`` and ``levels - 1`` successive poolings by ``factor``.
+
+    Level ``l + 1`` pools level ``l`` over non-overlapping ``factor``-sized
+    windows along every spatial axis, in ceil mode, so no edge cell is lost:
+    a level has ``ceil(size / factor)`` cells per axis, and an edge window that
+    holds fewer cells averages (or maxes) the cells it has; an axis shorter
+    than ``factor`` becomes one cell. Every level keeps level 0's chunk shape
+    (clipped to the level's size), the layout OME-Zarr viewers read.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``
+        (a 2-D image ``img`` is ``img[None, None]``).
+    levels : int
+        Number of levels, level 0 (``x`` itself) included; at least 1.
+    op : {"avg", "max"}
+        The reduction.
+    factor : int
+        Downsampling factor per level and spatial axis, at least 2.
+    channels_last : bool
+        The layout of ``x``.
+    zarr_path : str, path or None
+        If given, a Zarr (format 2) group is written there, one array per level
+        named ``"0"``, ``"1"``, …, with OME-NGFF 0.4 ``multiscales`` metadata
+        (axes ``n, c, z, y, x`` as present, their scale per level). Each level
+        is computed from the level stored before it. The returned arrays then
+        read from the store.
+
+    Returns
+    -------
+    list of dask.array.Array
+        ``levels`` arrays, full resolution first; lazy unless ``zarr_path``.
+
+    Raises
+    ------
+    PoolingTypeError
+        ``x`` is not a Dask array, or ``levels`` / ``factor`` is not an int.
+    PoolingConfigError
+        An unknown ``op``, ``levels < 1`` or ``factor < 2``.
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, poolkit.dask as pkd
+    >>> image = da.from_array(np.arange(25.0).reshape(1, 1, 5, 5), chunks=4)
+    >>> [level.shape[2:] for level in pkd.pyramid(image, levels=3)]
+    [(5, 5), (3, 3), (2, 2)]
+    >>> pkd.pyramid(image, levels=2, op="max")[1][0, 0].compute()
+    array([[ 6.,  8.,  9.],
+           [16., 18., 19.],
+           [21., 23., 24.]])
+    """
+    op = check_choice("op", op, ("avg", "max"))
+    levels = _positive_int("levels", levels, 1)
+    factor = _positive_int("factor", factor, 2)
+    _check_dask("pyramid", x)
+    check_flag("channels_last", channels_last)
+    spatial = _spatial_axes(x.ndim, channels_last)
+    chunk_shape = tuple(max(chunks) for chunks in x.chunks)
+    group = None if zarr_path is None else _zarr_group(zarr_path, x, levels, factor, channels_last)
+    result = []
+    for level in range(levels):
+        if level:
+            previous = result[-1]
+            kernel = tuple(min(factor, previous.shape[axis]) for axis in spatial)
+            x = pool(previous, op, kernel_size=kernel, stride=factor, ceil_mode=True, channels_last=channels_last)
+        x = x.rechunk(tuple(min(c, s) for c, s in zip(chunk_shape, x.shape)))
+        if group is not None:
+            da.to_zarr(x, str(zarr_path), component=str(level), zarr_format=2)
+            x = da.from_zarr(str(zarr_path), component=str(level))
+        result.append(x)
+    return result
+
+
+# ------------------------------------------------------------------ the chunked pipeline
+
+
+def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, backend: str) -> da.Array:
+    """The one pipeline behind every public function: check, plan the chunks, map the in-memory op."""
+    name = f"poolkit.dask.{op}_pool"
+    _check_dask(name, x)
+    # A zero-strided stand-in (no memory) gets the in-memory checks of layout, rank and dtype.
+    as_pool_input(np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape), None, channels_last, name)
+    spatial = _spatial_axes(x.ndim, channels_last)
+    window = Window.build(tuple(x.shape[a] for a in spatial), **geometry)
+    kernel, stride, dilation = window.kernel_size, window.stride, window.dilation
+    # The in-memory op on one window's worth of zeros checks the op's own options and names the result dtype.
+    probe_shape = list(x.shape)
+    for axis, ax in zip(spatial, window.axes):
+        probe_shape[axis] = _span(ax)
+    for axis in set(range(x.ndim)) - set(spatial):
+        probe_shape[axis] = 1
+    common = dict(kernel_size=kernel, stride=stride, dilation=dilation, channels_last=channels_last, backend=backend)
+    probe = _IN_MEMORY[op](np.zeros(probe_shape, x.dtype), padding=0, ceil_mode=False, **common, **options)
+
+    plans = tuple(_AxisPlan.build(ax, x.chunks[axis]) for axis, ax in zip(spatial, window.axes))
+    x = x.rechunk({axis: plan.in_chunks for axis, plan in zip(spatial, plans)})
+    out_chunks = list(x.chunks)
+    for axis, plan in zip(spatial, plans):
+        out_chunks[axis] = plan.out_chunks
+    # The fallback for blocks whose edge windows the in-memory op cannot reproduce with its own padding:
+    # window sums (avg with divisor 1, Lp without the mean), divided by the whole array's counts.
+    summed = {**options, **({"divisor_override": 1} if op == "avg" else {"mean": False} if op == "lp" else {})}
+    block = functools.partial(
+        _pool_block,
+        spatial=spatial,
+        plans=plans,
+        pooled=functools.partial(_IN_MEMORY[op], ceil_mode=False, **common),
+        options=options,
+        summed=summed,
+        fill=_identity(op, options, x.dtype),
+        divisor=_divisor_rule(op, options),
+        padded_divisor=op == "avg" and options["count_include_pad"] and options["divisor_override"] is None,
+    )
+    kwargs = dict(chunks=tuple(out_chunks), dtype=probe.dtype, meta=probe[:0], token=f"{op}_pool")
+    depth = {axis: (0, plan.halo) for axis, plan in zip(spatial, plans)}
+    if not any(plan.halo for plan in plans):
+        return da.map_blocks(block, x, **kwargs)
+    return da.map_overlap(block, x, depth=depth, boundary="none", trim=False, allow_rechunk=False, **kwargs)
+
+
+class _AxisPlan:
+    """How one spatial axis is split: window runs per output chunk, aligned input chunks, halo.
+
+    Output chunk ``j`` holds windows ``out_bounds[j] .. out_bounds[j+1]-1``;
+    input chunk ``j`` starts where the first of them starts (the first chunk at
+    0) and every input chunk is at least ``halo`` cells long.
+    """
+
+    def __init__(self, axis: Axis, out_bounds: np.ndarray, halo: int):
+        self.axis = axis
+        self.out_bounds = out_bounds
+        in_bounds = axis.starts[out_bounds[:-1]].copy()
+        in_bounds[0] = 0
+        self.in_chunks = tuple(int(c) for c in np.diff([*in_bounds, axis.size]))
+        self.out_chunks = tuple(int(c) for c in np.diff(out_bounds))
+        self.halo = halo if len(self.in_chunks) > 1 else 0  # one chunk has no neighbour to read
+
+    @classmethod
+    def build(cls, axis: Axis, chunks: Sequence[int]) -> _AxisPlan:
+        halo = max(_span(axis) - axis.stride, 0)
+        edges = np.cumsum(chunks)[:-1]
+        # The first window starting at or after each chunk edge: ceil((edge + pad_before) / stride).
+        firsts = -(-(edges + axis.pad_before) // axis.stride)
+        firsts = firsts[(firsts > 0) & (firsts < axis.out_size)]
+        firsts = firsts[axis.starts[firsts] > 0]
+        bounds = [0]
+        for first in np.unique(firsts):
+            if axis.starts[first] - max(axis.starts[bounds[-1]], 0) >= max(halo, 1):
+                bounds.append(int(first))
+        while len(bounds) > 1 and axis.size - axis.starts[bounds[-1]] < halo:
+            bounds.pop()  # a last chunk shorter than the halo joins the one before
+        return cls(axis, np.array([*bounds, axis.out_size]), halo)
+
+    def block(self, index: int) -> tuple[int, int, slice]:
+        """For block ``index``: its left padding, the cells its windows span, and its output windows."""
+        first, stop = int(self.out_bounds[index]), int(self.out_bounds[index + 1])
+        pad_left = max(-int(self.axis.starts[first]), 0)
+        needed = (stop - first - 1) * self.axis.stride + _span(self.axis)
+        return pad_left, needed, slice(first, stop)
+
+
+def _pool_block(block, *, spatial, plans, pooled, options, summed, fill, divisor, padded_divisor, block_info=None):
+    """Pool one block (with its halo) into exactly the windows of its output chunk.
+
+    Where a block's windows hang over the array's edges, the in-memory op pads
+    them itself when it can (per-side padding up to ``kernel // 2``, and the
+    same divisors as the whole array's); otherwise the block is padded with the
+    reduction's identity and its window sums are divided by the whole array's
+    counts.
+    """
+    location = block_info[0]["chunk-location"]
+    pads = [(0, 0)] * block.ndim
+    keep = [slice(None)] * block.ndim
+    windows = []
+    direct = True
+    for axis, plan in zip(spatial, plans):
+        pad_left, needed, out = plan.block(location[axis])
+        pads[axis] = (pad_left, max(needed - pad_left - block.shape[axis], 0))
+        keep[axis] = slice(0, needed - pad_left)
+        windows.append(out)
+        direct &= max(pads[axis]) <= plan.axis.kernel // 2
+        # count_include_pad: a ceil-mode window past the right padding counts fewer taps than its kernel.
+        direct &= not (padded_divisor and plan.axis.padded_counts[out].min() < plan.axis.kernel)
+    block = block[tuple(keep)]
+    if direct:
+        return pooled(block, padding=tuple(pads[axis] for axis in spatial), **options)
+    block = np.pad(block, pads, constant_values=fill)
+    result = pooled(block, padding=0, **summed)
+    if divisor is None:
+        return result
+    scale = divisor(plans, windows)
+    shape = [1] * result.ndim
+    for axis, size in zip(spatial, scale.shape):
+        shape[axis] = size
+    return np.divide(result, scale.reshape(shape), out=result, casting="same_kind")
+
+
+def _identity(op: str, options: dict, dtype: np.dtype):
+    """The padding value that no window result can see: the reduction's identity (0 for sums)."""
+    if op in ("avg", "lp"):
+        return 0
+    reduction = reducers.max_reduction(options["nan"]) if op == "max" else reducers.min_reduction(options["nan"])
+    return reduction.identity(dtype)
+
+
+def _divisor_rule(op: str, options: dict):
+    """What a block's window sums are divided by (None: nothing), from the whole array's Window axes."""
+    if op == "avg":
+        counts = "padded_counts" if options["count_include_pad"] else "real_counts"
+        return functools.partial(_count_product, counts=counts, power=1.0, override=options["divisor_override"])
+    if op == "lp" and options["mean"]:
+        return functools.partial(_count_product, counts="real_counts", power=1.0 / float(options["p"]), override=None)
+    return None
+
+
+def _count_product(plans, windows, *, counts: str, power: float, override: int | None) -> np.ndarray:
+    """Per window: the product over axes of its cell count (``Axis.padded_counts``/``real_counts``), ``**power``.
+
+    With ``override`` every window gets that value instead (``divisor_override``).
+    """
+    if override is not None:
+        return np.full([out.stop - out.start for out in windows], float(override))
+    product = np.ones(())
+    for plan, out in zip(plans, windows):
+        product = np.multiply.outer(product, getattr(plan.axis, counts)[out].astype(np.float64))
+    return product**power
+
+
+def _span(axis: Axis) -> int:
+    """Cells one window covers from its first tap to its last."""
+    return axis.dilation * (axis.kernel - 1) + 1
+
+
+def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, ...]:
+    return tuple(range(1, ndim - 1)) if channels_last else tuple(range(2, ndim))
+
+
+def _check_dask(name: str, x) -> None:
+    if not isinstance(x, da.Array):
+        raise PoolingTypeError(
+            f"{name} takes a dask.array.Array; got {type(x).__name__}. Wrap an array with "
+            "dask.array.from_array(x, chunks=...) (or dask.array.from_zarr), or call the in-memory "
+            f"poolkit.{name.rsplit('.', 1)[-1]} for an array that fits in memory"
+        )
+    if any(np.isnan(size) for size in x.shape):
+        raise PoolingConfigError(
+            f"{name} needs known chunk sizes; x has shape {x.shape}. Call x.compute_chunk_sizes() first"
+        )
+
+
+def _positive_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise PoolingTypeError(f"{name}={value!r} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise PoolingConfigError(f"{name}={value!r} is too small; use {name} >= {minimum}")
+    return int(value)
+
+
+def _zarr_group(path, x: da.Array, levels: int, factor: int, channels_last: bool):
+    """A new Zarr group at ``path`` with the OME-NGFF 0.4 ``multiscales`` metadata of the pyramid."""
+    import zarr
+
+    spatial = _spatial_axes(x.ndim, channels_last)
+    names = ["n"] * x.ndim
+    names[x.ndim - 1 if channels_last else 1] = "c"
+    space = "zyx"[-len(spatial) :] if len(spatial) <= 3 else [f"s{i}" for i in range(len(spatial))]
+    for axis, label in zip(spatial, space):
+        names[axis] = label
+    axes = [
+        {"name": label, **({"type": "channel"} if label == "c" else {"type": "space"} if axis in spatial else {})}
+        for axis, label in enumerate(names)
+    ]
+    datasets = []
+    for level in range(levels):
+        scale = [float(factor**level) if axis in spatial else 1.0 for axis in range(x.ndim)]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = [{"version": "0.4", "name": "poolkit pyramid", "axes": axes, "datasets": datasets}]
+    return group
