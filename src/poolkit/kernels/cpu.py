@@ -205,6 +205,34 @@ def _cell_values(cell, power, src, dst):
 
 
 @njit(nogil=True, cache=True)
+def _sum_plane_rows_last(plane, geom, taps, zero, target):
+    """Window sums of one channels-first plane ``(D, H*W)``, axes D, H, then W.
+
+    Sums need no scan order, so the passes whose inner loops run along whole
+    rows (D and H, vectorised) go first, and the strided pass along each row
+    (W), which LLVM does not vectorise, runs last on the smallest data.
+    """
+    depth = plane.shape[0]
+    od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
+    height, width = geom[1, _SIZE], geom[2, _SIZE]
+    stacks = plane.reshape(1, depth, height * width)
+    along_d = stacks
+    if not geom[0, _IDENTITY]:
+        along_d = np.empty((1, od, height * width), dtype=target.dtype)
+        _line_pass(SUM, False, stacks, along_d, geom[0], taps[0], zero)
+    columns = along_d.reshape(od, height, width)
+    along_h = columns
+    if not geom[1, _IDENTITY]:
+        along_h = np.empty((od, oh, width), dtype=target.dtype)
+        _line_pass(SUM, False, columns, along_h, geom[1], taps[1], zero)
+    rows = along_h.reshape(od * oh, width, 1)
+    if geom[2, _IDENTITY]:
+        target[:] = rows.reshape(-1)
+    else:
+        _line_pass(SUM, False, rows, target.reshape(od * oh, ow, 1), geom[2], taps[2], zero)
+
+
+@njit(nogil=True, cache=True)
 def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
 
@@ -218,6 +246,9 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
+    if kind == SUM and inner == 1 and not geom[2, _SLIDING]:
+        _sum_plane_rows_last(plane, geom, taps, identity, target)
+        return
     skip_h, skip_d = geom[1, _IDENTITY], geom[0, _IDENTITY]
     rows = plane.reshape(depth * height, width, inner)
     if skip_h and skip_d:
