@@ -176,4 +176,3 @@ def test_zero_dimensional_arrays_are_scalars():
 def test_unreadable_arguments(call, message):
     with pytest.raises(PoolingTypeError, match=message):
         call()
-

@@ -402,8 +402,9 @@ class Bins:
                 )
             if length <= 0:
                 raise PoolingConfigError(
-                    f"spatial axis {axis} of the input has size {length}; adaptive pooling needs at "
-                    "least one cell per axis"
+                    f"spatial axis {axis} of the input shape {in_shape} has size {length}; pooling to a fixed "
+                    "size needs at least one cell per spatial axis. Drop the empty input, or pool only the "
+                    "axes that have cells"
                 )
             resolved.append(size)
         return _adaptive(in_shape, tuple(resolved))

@@ -251,3 +251,22 @@ def test_gem_keeps_float32_and_p1_is_the_mean():
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call(np.ones((1, 2, 4, 4)))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: pk.adaptive_avg_pool(x, 2), lambda x: pk.global_max_pool(x), lambda x: pk.gem_pool(x),
+])  # fmt: skip
+def test_an_empty_spatial_axis_is_refused(call):
+    with pytest.raises(pk.PoolingConfigError, match=r"spatial axis 1 of the input shape \(3, 0\) has size 0"):
+        call(np.ones((1, 2, 3, 0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batches_and_channels(backend):
+    for shape in [(0, 2, 3, 4), (2, 0, 3, 4)]:
+        x = np.ones(shape)
+        y, pullback = pk.vjp(pk.global_avg_pool, x, backend=backend)
+        assert y.shape == shape[:2] and pullback(y).shape == shape
+        y, pullback = pk.vjp(pk.adaptive_max_pool, x, 2, backend=backend)
+        assert y.shape == (*shape[:2], 2, 2) and pullback(y).shape == shape
+        assert pk.spatial_pyramid_pool(x, (2, 1)).shape == (shape[0], shape[1] * 5)

@@ -193,3 +193,13 @@ def test_float32_samples_that_round_to_one_are_refused():
     below_one = np.nextafter(1.0, 0.0)  # rounds to 1.0 in float32
     with pytest.raises(pk.PoolingConfigError, match=r"in x's float type \(float32\)"):
         pk.fractional_max_pool(np.zeros((1, 1, 5, 5), np.float32), 2, 3, random_samples=np.full((1, 1, 2), below_one))
+
+
+def test_windows_that_float16_cannot_place_are_refused():
+    x = np.ones((1, 1, 2, 5000), dtype=np.float16)
+    samples = np.array([[[np.nextafter(np.float16(1), np.float16(0)), 0]]], dtype=np.float16)
+    with pytest.raises(
+        pk.PoolingConfigError,
+        match=r"cannot place 4995 windows of 2 on spatial axis 1 of size 5000 in float16: .* x.astype\(np.float32\)",
+    ):
+        pk.fractional_max_pool(x, (1, 2), output_size=(2, 4995), random_samples=samples)

@@ -79,6 +79,7 @@ def test_mixed_pool_ends_are_max_and_avg_and_float32_stays():
     (np.ones((2, 1)) / 2, pk.PoolingConfigError, r"alpha of shape \(2, 1\) does not fit"),
     ("half", pk.PoolingTypeError, r"alpha='half' must be a real number or an array of 2 per-channel weights"),
     (True, pk.PoolingTypeError, r"alpha=True must be a real number"),
+    (None, pk.PoolingTypeError, r"alpha=None must be a real number"),
 ])  # fmt: skip
 def test_mixed_pool_alpha_errors(alpha, error, match):
     with pytest.raises(error, match=match):

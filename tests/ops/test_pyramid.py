@@ -121,6 +121,13 @@ def test_levels_errors(levels, error, match):
         pk.spatial_pyramid_pool(np.ones((1, 1, 8, 8)), levels)
 
 
+def test_op_is_a_parameter_of_spp_not_of_vjp():
+    x = np.arange(32.0).reshape(1, 2, 4, 4)
+    y, pullback = pk.vjp(pk.spatial_pyramid_pool, x, op="avg", levels=(2,))
+    np.testing.assert_array_equal(y, pk.spatial_pyramid_pool(x, (2,), "avg"))
+    assert pullback(np.ones_like(y)).shape == x.shape
+
+
 def test_unknown_op_and_mode():
     with pytest.raises(pk.PoolingConfigError, match=r"op='min' is not an option; use 'max' or 'avg'"):
         pk.spatial_pyramid_pool(np.ones((1, 1, 8, 8)), op="min")

@@ -129,3 +129,8 @@ def test_errors(change, message):
 def test_non_numeric_rois_are_a_type_error():
     with pytest.raises(pk.PoolingTypeError, match=r"roi_pool needs an array of real numbers .* for rois"):
         pk.roi_pool(np.zeros((1, 1, 4, 4)), np.array([["0", "0", "0", "1", "1"]]), 2)
+
+
+def test_rois_beyond_the_range_of_a_pixel_index_are_refused():
+    with pytest.raises(pk.PoolingConfigError, match=r"roi_pool: roi 1 scaled by spatial_scale=1.0 reaches .*1e\+30"):
+        pk.roi_pool(np.ones((1, 1, 4, 4)), np.array([[0, 0, 0, 3, 3], [0, 0, 0, 1e30, 1e30]]), 2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -114,9 +115,7 @@ def global_lp_pool(
     array([[5.]])
     """
     reduction = reducers.lp_reduction(check_positive_real("p", p, allow_inf=True))
-    return _bin_pool(
-        "global_lp_pool", x, reduction, keepdims=keepdims, channels_last=channels_last, backend=backend
-    )
+    return _bin_pool("global_lp_pool", x, reduction, keepdims=keepdims, channels_last=channels_last, backend=backend)
 
 
 def adaptive_max_pool(
@@ -278,7 +277,8 @@ def _bin_pool(
     spatial = array.shape[2:]
     if keepdims is not None:
         check_flag("keepdims", keepdims)
-        array = array.reshape(*array.shape[:2], -1)
+        Bins.adaptive(spatial, 1)  # refuses an empty axis, named in the input's own shape
+        array = array.reshape(*array.shape[:2], math.prod(spatial))
         bins = Bins.adaptive(array.shape[2:], 1)
     else:
         bins = Bins.adaptive(spatial, output_size)

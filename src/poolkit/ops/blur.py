@@ -5,15 +5,16 @@ and subsamples it by the stride; :func:`antialiased_max_pool` is max pooling
 at stride 1 followed by a blur pool, the "MaxBlurPool" that keeps max
 pooling's choice of features while removing the aliasing of its stride.
 
-The blur is separable: along each spatial axis it is one linear map, built
-once per (size, stride, filter, padding mode) as a small matrix that holds the
-filter taps and the padding rule (reflect, replicate or zeros); the forward
-pass applies the matrices, the pullback their transposes.
+The blur is separable: along each spatial axis the input is extended by its
+padding rule (reflect, replicate or zeros, as a map from padded positions to
+input cells), and each output adds the filter's taps at its stride, ``O(f)``
+work per output; the pullback runs the same steps transposed.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from math import comb
 
 import numpy as np
@@ -130,28 +131,59 @@ def antialiased_max_pool(
     return _antialiased(x, kernel_size, stride, filter_size, padding_mode, channels_last, backend, with_pullback=False)
 
 
+@dataclass(frozen=True)
+class _BlurAxis:
+    """The blur along one axis: filter taps, where each padded cell comes from, stride and sizes."""
+
+    taps: np.ndarray  # the normalised binomial filter
+    source: np.ndarray  # for each padded position, the input cell it copies; -1 for a zero
+    before: int  # padding cells before the input
+    stride: int
+    size: int
+    out: int
+
+    def forward(self, array: np.ndarray) -> np.ndarray:
+        """Blur and subsample the last axis of ``array``."""
+        padded = np.take(array, np.maximum(self.source, 0), axis=-1)
+        padded[..., self.source < 0] = 0
+        span = self.stride * (self.out - 1) + 1
+        result = self.taps[0] * padded[..., 0 : span : self.stride]
+        for j in range(1, len(self.taps)):
+            result += self.taps[j] * padded[..., j : j + span : self.stride]
+        return result
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        """The transpose of :meth:`forward`: spread each output over its taps, then fold the padding back."""
+        padded = np.zeros((*grad.shape[:-1], len(self.source)), dtype=grad.dtype)
+        span = self.stride * (self.out - 1) + 1
+        for j, weight in enumerate(self.taps):
+            padded[..., j : j + span : self.stride] += weight * grad
+        result = padded[..., self.before : self.before + self.size].copy()
+        for position in (*range(self.before), *range(self.before + self.size, len(self.source))):
+            if self.source[position] >= 0:
+                result[..., self.source[position]] += padded[..., position]
+        return result
+
+
 @functools.lru_cache(maxsize=256)
-def _blur_matrix(size: int, stride: int, filter_size: int, padding_mode: str) -> np.ndarray:
-    """The ``(out, size)`` matrix of one axis: filter taps, padding rule and subsampling in one linear map."""
+def _blur_axis(size: int, stride: int, filter_size: int, padding_mode: str) -> _BlurAxis:
+    """Filter taps and padding map of one axis: cells ``(f-1)//2`` before and ``f//2`` after the input."""
     taps = np.array([comb(filter_size - 1, j) for j in range(filter_size)], dtype=np.float64)
     taps /= taps.sum()
     before = (filter_size - 1) // 2
-    out = (size - 1) // stride + 1
-    matrix = np.zeros((out, size), dtype=np.float64)
-    for o in range(out):
-        for j, weight in enumerate(taps):
-            position = o * stride + j - before
-            if 0 <= position < size:
-                matrix[o, position] += weight
-            elif padding_mode == "replicate":
-                matrix[o, min(max(position, 0), size - 1)] += weight
-            elif padding_mode == "reflect":
-                matrix[o, -position if position < 0 else 2 * (size - 1) - position] += weight
-    matrix.flags.writeable = False
-    return matrix
+    position = np.arange(-before, size + filter_size // 2)
+    inside = (position >= 0) & (position < size)
+    if padding_mode == "replicate":
+        source = np.clip(position, 0, size - 1)
+    elif padding_mode == "reflect":
+        source = np.where(position < 0, -position, np.where(position >= size, 2 * (size - 1) - position, position))
+    else:
+        source = np.where(inside, position, -1)
+    taps.flags.writeable = source.flags.writeable = False
+    return _BlurAxis(taps, source, before, stride, size, (size - 1) // stride + 1)
 
 
-def _matrices(spatial, stride, filter_size, padding_mode) -> list[np.ndarray]:
+def _blur_axes(spatial, stride, filter_size, padding_mode) -> list[_BlurAxis]:
     strides = _per_axis("stride", stride, len(spatial))
     size = _to_int("filter_size", filter_size)
     if not 1 <= size <= 7:
@@ -165,28 +197,29 @@ def _matrices(spatial, stride, filter_size, padding_mode) -> list[np.ndarray]:
                     f"(filter_size={size}); it has {length}. Use padding_mode='replicate' or 'zeros', or a "
                     "smaller filter"
                 )
-    return [_blur_matrix(length, s, size, padding_mode) for length, s in zip(spatial, strides)]
+    return [_blur_axis(length, s, size, padding_mode) for length, s in zip(spatial, strides)]
 
 
-def _apply(array: np.ndarray, matrices: list[np.ndarray], transpose: bool) -> np.ndarray:
-    """Apply one matrix per spatial axis (axes 2, 3, ...), or their transposes in reverse order."""
-    order = reversed(list(enumerate(matrices))) if transpose else enumerate(matrices)
-    for axis, matrix in order:
-        operator = (matrix if transpose else matrix.T).astype(array.dtype, copy=False)
-        array = np.moveaxis(np.moveaxis(array, axis + 2, -1) @ operator, -1, axis + 2)
-    return array
+def _apply(array: np.ndarray, axes: list[_BlurAxis], transpose: bool) -> np.ndarray:
+    """Blur spatial axes 2, 3, ... one at a time, or apply the transposes in reverse order."""
+    order = reversed(list(enumerate(axes))) if transpose else enumerate(axes)
+    for axis, blur in order:
+        moved = np.moveaxis(array, axis + 2, -1)
+        moved = blur.backward(moved) if transpose else blur.forward(moved)
+        array = np.moveaxis(moved.astype(array.dtype, copy=False), -1, axis + 2)
+    return np.ascontiguousarray(array)
 
 
 def _blur(x, stride, filter_size, padding_mode, channels_last, *, with_pullback):
     array, layout = as_pool_input(x, None, channels_last, "blur_pool")
-    matrices = _matrices(array.shape[2:], stride, filter_size, padding_mode)
+    axes = _blur_axes(array.shape[2:], stride, filter_size, padding_mode)
     dtype = gradient_dtype(array.dtype)
-    y = layout.to_user(_apply(array.astype(dtype, copy=False), matrices, transpose=False))
+    y = layout.to_user(_apply(array.astype(dtype, copy=False), axes, transpose=False))
     if not with_pullback:
         return y
 
     def gradient(dy: np.ndarray) -> np.ndarray:
-        return layout.to_user(_apply(layout.to_kernel(dy).astype(dtype, copy=False), matrices, transpose=True))
+        return layout.to_user(_apply(layout.to_kernel(dy).astype(dtype, copy=False), axes, transpose=True))
 
     return y, checked_pullback("blur_pool", y, gradient)
 

@@ -238,6 +238,12 @@ def _fractional(
     flat = np.zeros((*array.shape[:2], *out_shape, offsets.shape[1]), dtype=np.int64)
     for axis, (size, out, k) in enumerate(zip(spatial, out_shape, kernel)):
         starts = interval_starts(samples[..., _SAMPLE_OF_AXIS[len(spatial)][axis]], size, out, k)
+        if starts.size and not (starts.min() >= 0 and starts.max() <= size - k):
+            raise PoolingConfigError(
+                f"{name} cannot place {out} windows of {k} on spatial axis {axis} of size {size} in "
+                f"{samples.dtype}: its interval arithmetic runs out of precision there. Pool "
+                "x.astype(np.float32) instead"
+            )
         shape = [1] * len(spatial)
         shape[axis] = out
         flat += (starts.reshape(*array.shape[:2], *shape, 1) + offsets[axis]) * plane_strides[axis]

@@ -77,7 +77,7 @@ def mixed_pool(
 
 def _alpha(alpha, channels: int) -> tuple[np.ndarray, bool]:
     """``alpha`` as a float64 array broadcastable to ``(N, C, ...)``, and whether it is per channel."""
-    if isinstance(alpha, (bool, np.bool_, str, bytes)):
+    if alpha is None or isinstance(alpha, (bool, np.bool_, str, bytes)):
         raise PoolingTypeError(
             f"alpha={alpha!r} must be a real number or an array of {channels} per-channel weights, "
             f"got {type(alpha).__name__}"

@@ -10,6 +10,7 @@ and their gradients are the sums of their parts' pullbacks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -125,11 +126,11 @@ def spp_concat(
     return _spp_concat(x, kernel_sizes, channels_last=channels_last, backend=backend, with_pullback=False)
 
 
-def _positive_ints(name: str, values) -> tuple[int, ...]:
+def _positive_ints(name: str, values, example: str) -> tuple[int, ...]:
     values = _scalar(values)
     values = tuple(values) if _is_sequence(values) else (values,)
     if not values:
-        raise PoolingConfigError(f"{name}=() is empty; give at least one positive int, e.g. (4, 2, 1)")
+        raise PoolingConfigError(f"{name}=() is empty; give at least one positive int, e.g. {example}")
     checked = tuple(_to_int(name, v) for v in values)
     bad = [v for v in checked if v < 1]
     if bad:
@@ -156,7 +157,7 @@ def _sppnet_window(spatial: tuple[int, ...], level: int) -> tuple[tuple[int, ...
 
 def _spp(x, levels, op, mode, *, channels_last, backend, with_pullback):
     array, layout = as_pool_input(x, None, channels_last, "spatial_pyramid_pool")
-    levels = _positive_ints("levels", levels)
+    levels = _positive_ints("levels", levels, "(4, 2, 1)")
     check_choice("op", op, ("max", "avg"))
     check_choice("mode", mode, ("adaptive", "sppnet"))
     parts = []
@@ -170,16 +171,17 @@ def _spp(x, levels, op, mode, *, channels_last, backend, with_pullback):
         else:
             parts.append((function(array, *args, backend=backend), None))
     n = array.shape[0]
-    y = np.concatenate([part.reshape(n, -1) for part, _ in parts], axis=1)
+    y = np.concatenate([part.reshape(n, math.prod(part.shape[1:])) for part, _ in parts], axis=1)
     if not with_pullback:
         return y
 
     def gradient(dy: np.ndarray) -> np.ndarray:
         dx, offset = None, 0
         for part, pullback in parts:
-            piece = pullback(dy[:, offset : offset + part[0].size].reshape(part.shape))
+            features = math.prod(part.shape[1:])
+            piece = pullback(dy[:, offset : offset + features].reshape(part.shape))
             dx = piece if dx is None else dx + piece
-            offset += part[0].size
+            offset += features
         return layout.to_user(dx)
 
     return y, checked_pullback("spatial_pyramid_pool", y, gradient)
@@ -187,7 +189,7 @@ def _spp(x, levels, op, mode, *, channels_last, backend, with_pullback):
 
 def _spp_concat(x, kernel_sizes, *, channels_last, backend, with_pullback):
     array, layout = as_pool_input(x, None, channels_last, "spp_concat")
-    sizes = _positive_ints("kernel_sizes", kernel_sizes)
+    sizes = _positive_ints("kernel_sizes", kernel_sizes, "(5, 9, 13)")
     pools = []
     for k in sizes:
         padding = k // 2 if k % 2 else "same"

@@ -114,7 +114,14 @@ def _roi(x, rois, output_size, spatial_scale=1.0, *, channels_last=False, with_p
     scale = check_positive_real("spatial_scale", spatial_scale)
     batch, corners = _check_rois(as_array(rois, name, "rois"), array.shape[0])
     coord = np.result_type(array.dtype, np.float32) if array.dtype.kind == "f" else np.dtype(np.float64)
-    cells = _round_half_away(corners.astype(coord) * coord.type(scale)).astype(np.int64)
+    scaled = _round_half_away(corners.astype(coord) * coord.type(scale))
+    if not np.all(np.abs(scaled) < 2**31):
+        row = int(np.flatnonzero(~np.all(np.abs(scaled) < 2**31, axis=1))[0])
+        raise PoolingConfigError(
+            f"{name}: roi {row} scaled by spatial_scale={scale} reaches {scaled[row].tolist()}, beyond the "
+            "range of a pixel index; check the rois' units and spatial_scale"
+        )
+    cells = scaled.astype(np.int64)
 
     n_chan, height, width = array.shape[1:]
     y = np.zeros((len(batch), n_chan, out_h, out_w), dtype=array.dtype)
