@@ -139,6 +139,15 @@ class Reduction:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(x64 == 0, 0.0, np.sign(x64) * np.abs(x64) ** (self.power - 1))
 
+    def finish(self, totals: np.ndarray, window) -> np.ndarray:
+        """For sums: turn float64 window ``totals`` into results, in place: divide, then the ``1/p`` root."""
+        divisor = self.divisor_of(window)
+        if divisor is not None:
+            totals /= divisor
+        if self.root and self.power != 1:
+            totals **= 1.0 / self.power
+        return totals
+
     def divisor_of(self, window) -> np.ndarray | None:
         """The array each window's sum is divided by (shape ``window.out_shape``), or None."""
         if self.divisor == "none":

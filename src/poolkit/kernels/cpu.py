@@ -294,6 +294,19 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
                     windows[f, i] = windows[f, i] / divisor[f]
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _finish(windows, target, divisor, root):
+    """``target = (windows / divisor) ** (1/root)`` per window ``(F, I)``: the finish step of a sum."""
+    for f in range(windows.shape[0]):
+        for i in range(windows.shape[1]):
+            v = windows[f, i] / divisor[f] if divisor.size else windows[f, i]
+            if root == 2.0:
+                v = np.sqrt(v)
+            elif root != 1.0:
+                v = v ** (1.0 / root)
+            target[f, i] = v
+
+
 @njit(nogil=True, cache=True)
 def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
@@ -304,15 +317,7 @@ def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
-        windows, target = sums.reshape(-1, inner), out5[b].reshape(-1, inner)
-        for f in range(windows.shape[0]):
-            for i in range(inner):
-                v = windows[f, i] / divisor[f] if divisor.size else windows[f, i]
-                if root == 2.0:
-                    v = np.sqrt(v)
-                elif root != 1.0:
-                    v = v ** (1.0 / root)
-                target[f, i] = v
+        _finish(sums.reshape(-1, inner), out5[b].reshape(-1, inner), divisor, root)
 
 
 @njit(nogil=True, cache=True)
@@ -526,15 +531,7 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
             _bins_group(SUM, False, values[:count], bounds, outs, 0.0, sums[:count])
         windows = sums[:count].reshape(count, -1, inner)
         for b in range(count):
-            target = out5[first + b].reshape(-1, inner)
-            for f in range(windows.shape[1]):
-                for i in range(inner):
-                    v = windows[b, f, i] / divisor[f] if divisor.size else windows[b, f, i]
-                    if root == 2.0:
-                        v = np.sqrt(v)
-                    elif root != 1.0:
-                        v = v ** (1.0 / root)
-                    target[f, i] = v
+            _finish(windows[b], out5[first + b].reshape(-1, inner), divisor, root)
 
 
 @njit(nogil=True, cache=True)

@@ -104,12 +104,7 @@ def _sum(x, window, reduction):
     for _, taps in window.taps():
         out_block, in_block = _blocks(taps)
         total[out_block] += values[in_block]
-    divisor = reduction.divisor_of(window)
-    if divisor is not None:
-        total /= divisor
-    if reduction.root and reduction.power != 1:
-        total **= 1.0 / reduction.power
-    return total.astype(reduction.result_dtype(x.dtype), copy=False)
+    return reduction.finish(total, window).astype(reduction.result_dtype(x.dtype), copy=False)
 
 
 def _scatter(weights, indices, in_shape):
@@ -147,11 +142,7 @@ def bins_forward(
             position = tuple(p + b.start for p, b in zip(position, box))
             indices[_LEAD + cell] = np.ravel_multi_index(position, bins.in_shape)
     if not reduction.selects:
-        divisor = reduction.divisor_of(bins)
-        if divisor is not None:
-            out /= divisor
-        if reduction.root and reduction.power != 1:
-            out **= 1.0 / reduction.power
+        reduction.finish(out, bins)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
