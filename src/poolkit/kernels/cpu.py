@@ -711,16 +711,20 @@ def backward(
     """The gradient with respect to ``x`` of ``sum(dy * forward(x))`` (see :func:`numpy_ref.backward`)."""
     if window.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.backward(dy, x, y, indices, window, reduction)
+    return _backward(dy, x, y, indices, window, reduction, _spread, _tables(window))
+
+
+def _backward(dy, x, y, indices, geometry, reduction, spread, tables) -> np.ndarray:
+    """The backward pass of a :class:`Window` or :class:`Bins` reduction; sums go through ``spread(*tables)``."""
     if reduction.selects:
-        return _scatter_selected(dy, x, indices, reduction, int(np.prod(window.out_shape)))
+        return _scatter_selected(dy, x, indices, reduction, int(np.prod(geometry.out_shape)))
     channels_last = _channels_last_memory(x)
     dx_dtype = gradient_dtype(x.dtype)
     dx, dx5 = _empty_like_five(x.shape, _kernel_dtype(dx_dtype), channels_last)
-    grad5 = _as_five(reduction.sum_gradient(dy, y, window), channels_last)
+    grad5 = _as_five(reduction.sum_gradient(dy, y, geometry), channels_last)
     local = reduction.cell_gradient(x)
     local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
-    geom, taps = _tables(window)
-    _launch(_spread, dx5.shape[0], grad5, dx5, local5, geom, taps)
+    _launch(spread, dx5.shape[0], grad5, dx5, local5, *tables)
     return dx.astype(dx_dtype, copy=False)
 
 
@@ -803,17 +807,7 @@ def bins_backward(
     """The gradient with respect to ``x`` of ``sum(dy * bins_forward(x))`` (see :func:`numpy_ref.bins_backward`)."""
     if bins.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.bins_backward(dy, x, y, indices, bins, reduction)
-    if reduction.selects:
-        return _scatter_selected(dy, x, indices, reduction, int(np.prod(bins.out_shape)))
-    channels_last = _channels_last_memory(x)
-    dx_dtype = gradient_dtype(x.dtype)
-    dx, dx5 = _empty_like_five(x.shape, _kernel_dtype(dx_dtype), channels_last)
-    grad5 = _as_five(reduction.sum_gradient(dy, y, bins), channels_last)
-    local = reduction.cell_gradient(x)
-    local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
-    bounds, outs = _bins_tables(bins)
-    _launch(_bins_spread, dx5.shape[0], grad5, dx5, local5, bounds, outs)
-    return dx.astype(dx_dtype, copy=False)
+    return _backward(dy, x, y, indices, bins, reduction, _bins_spread, _bins_tables(bins))
 
 
 # ---------------------------------------------------------------- threads

@@ -55,15 +55,24 @@ def backward(
     spread ``dy / divisor`` over the window's real cells, times
     ``d(y)/d(sum)`` and ``d|x|^p/dx`` for Lp. Overlapping windows add up.
     """
+
+    def spread_window(grad, spread):
+        for _, taps in window.taps():
+            out_block, in_block = _blocks(taps)
+            spread[in_block] += grad[out_block]
+
+    grad = None if reduction.selects else reduction.sum_gradient(dy, y, window)
+    return _backward(dy, x, indices, reduction, grad, spread_window)
+
+
+def _backward(dy, x, indices, reduction, grad, spread_fn) -> np.ndarray:
+    """A select's ``dy`` to its chosen cells, or a sum's window gradients ``grad`` spread by ``spread_fn``."""
     dx_dtype = gradient_dtype(x.dtype)
     if reduction.selects:
         weights = reduction.select_gradient(dy, x, indices)
         return _scatter(weights, indices, x.shape).astype(dx_dtype, copy=False)
-    grad = reduction.sum_gradient(dy, y, window)
     spread = np.zeros(x.shape, dtype=np.float64)
-    for _, taps in window.taps():
-        out_block, in_block = _blocks(taps)
-        spread[in_block] += grad[out_block]
+    spread_fn(grad, spread)
     local = reduction.cell_gradient(x)
     if local is not None:
         spread *= local
@@ -155,18 +164,13 @@ def bins_backward(
     reduction: Reduction,
 ) -> np.ndarray:
     """The gradient with respect to ``x`` of ``sum(dy * bins_forward(x))``; bins that overlap add up."""
-    dx_dtype = gradient_dtype(x.dtype)
-    if reduction.selects:
-        weights = reduction.select_gradient(dy, x, indices)
-        return _scatter(weights, indices, x.shape).astype(dx_dtype, copy=False)
-    grad = reduction.sum_gradient(dy, y, bins)
-    spread = np.zeros(x.shape, dtype=np.float64)
-    for cell, box in bins.boxes():
-        spread[_LEAD + box] += grad[_LEAD + cell].reshape(*x.shape[:2], *(1,) * bins.rank)
-    local = reduction.cell_gradient(x)
-    if local is not None:
-        spread *= local
-    return spread.astype(dx_dtype, copy=False)
+
+    def spread_bins(grad, spread):
+        for cell, box in bins.boxes():
+            spread[_LEAD + box] += grad[_LEAD + cell].reshape(*x.shape[:2], *(1,) * bins.rank)
+
+    grad = None if reduction.selects else reduction.sum_gradient(dy, y, bins)
+    return _backward(dy, x, indices, reduction, grad, spread_bins)
 
 
 def _chosen_cell(region: np.ndarray, reduction: Reduction) -> np.ndarray:
