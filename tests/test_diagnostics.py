@@ -47,11 +47,7 @@ def configs(draw):
 def test_shape_and_coverage_match_pytorch_and_a_brute_force_scan(config):
     torch = pytest.importorskip("torch")
     shape, kernel, stride, padding, dilation, ceil_mode = config
-    try:
-        report = pk.diagnose(shape, "max", kernel, stride, padding, dilation, ceil_mode)
-    except pk.PoolingConfigError as err:
-        assert "only padding" in str(err)  # the one refusal these configs can reach
-        return
+    report = pk.diagnose(shape, "max", kernel, stride, padding, dilation, ceil_mode)
     pool = {1: torch.nn.functional.max_pool1d, 2: torch.nn.functional.max_pool2d, 3: torch.nn.functional.max_pool3d}
     expected = pool[len(kernel)](torch.zeros(shape), kernel, stride, padding, dilation, ceil_mode).shape
     assert report.output_shape == tuple(expected)
@@ -134,12 +130,14 @@ def test_skipped_cells_between_windows():
 
 def test_dilation_gaps_and_a_tail_no_padding_can_reach():
     # k=2, d=3, s=2 over 32: window o reads 2o and 2o+3 (o = 0..14); 1 is read by no window, 30 only
-    # by a 16th window starting at 30, which would need 2 cells of padding (PyTorch allows 1).
+    # by a 16th window starting at 30, which needs 2 cells of padding after: more than an int padding
+    # may give (k // 2 = 1), so the fix names the explicit (before, after) pair.
     report = pk.diagnose((1, 1, 32), "max", 2, 2, dilation=3)
     assert report.axes[0].never_read == (1, 30)
     tail, gaps = report.findings[:2]
     assert (tail.code, gaps.code) == ("dropped-tail", "skipped-cells")
-    assert tail.fix == "change the stride or dilation so that the windows reach the end of the positions"
+    assert tail.fix == "pad the positions (0, 2) (before, after)"
+    assert pk.max_pool(np.ones((1, 1, 32)), 2, 2, [(0, 2)], dilation=3).shape == (1, 1, 16)
     assert gaps.fix == "use dilation 1 on the positions"
 
 
@@ -321,12 +319,26 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch):
         (((1, 1, 8), "max", 2), {"dtype": "nope"}, pk.PoolingTypeError, r"dtype='nope' is not a NumPy dtype"),
         (((1, 1, 8), "avg", 2), {"count_include_pad": 1}, pk.PoolingTypeError, r"count_include_pad=1 must be"),
         (((1, 1, 8), "max", 3, 1, 2), {}, pk.PoolingConfigError, r"more than half the kernel"),
-        (((1, 1, 3), "max", 2, 1, 1), {"dilation": 4}, pk.PoolingConfigError, r"read only padding"),
     ],
 )
 def test_errors(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         pk.diagnose(*args, **kwargs)
+
+
+def test_a_window_of_padding_alone_is_an_error_finding_and_the_ops_refuse_it():
+    # k=2, dilation 4, padding 1 over 3 cells: window o reads o-1 and o+3; window 0 reads -1 and 3, both padding.
+    report = pk.diagnose((1, 1, 3), "max", 2, 1, 1, dilation=4)
+    finding = report.findings[0]
+    assert (finding.code, finding.severity, finding.axis) == ("padding-only-window", "error", 0)
+    assert finding.message == (
+        "1 of 1 windows along the positions read only padding: window 0 reads positions -1, 3 of 0..2 "
+        "(padding 1+1, dilation 4); poolkit refuses this layer and PyTorch returns -inf there"
+    )
+    assert finding.fix == "use less padding or a smaller dilation on the positions"
+    assert report.to_dict()["findings"][0]["code"] == "padding-only-window"
+    with pytest.raises(pk.PoolingConfigError, match=r"1 window\(s\) along spatial axis 0 read only padding"):
+        pk.max_pool(np.ones((1, 1, 3)), 2, 1, 1, dilation=4)
 
 
 def test_report_is_exact_for_a_large_axis():

@@ -12,6 +12,7 @@ Finding codes (stable; JSON consumers may rely on them):
 ==========================  ========  ==============================================================
 code                        severity  when
 ==========================  ========  ==============================================================
+``padding-only-window``     error     some window reads no input cell (the ops refuse the layer)
 ``dropped-tail``            warning   the last cells of an axis are never read (floor-mode leftover)
 ``skipped-cells``           warning   cells between windows are never read (stride > span, dilation)
 ``padding-heavy-window``    warning   avg counting padding, some window mostly padding
@@ -25,9 +26,9 @@ code                        severity  when
 ``degenerate``              info      one window covers the whole input (global pooling)
 ==========================  ========  ==============================================================
 
-A window that reads only padding is refused by :meth:`Window.build
-<poolkit.geometry.Window.build>` (a :class:`~poolkit.errors.PoolingConfigError`
-naming the window), so :func:`diagnose` raises it rather than reporting it.
+A window that reads only padding makes every op refuse the layer (PyTorch
+returns ``-inf`` with an out-of-range index there); :func:`diagnose` builds the
+window anyway and reports it as a ``padding-only-window`` error.
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ class Report:
 
     @property
     def reads_per_input(self) -> float:
-        """How many windows read an input cell, averaged over the cells that are read."""
-        per_axis = [a.reads.sum() / np.count_nonzero(a.reads) for a in self.axes]
+        """How many windows read an input cell, averaged over the cells that are read (0 if none is)."""
+        per_axis = [a.reads.sum() / max(1, np.count_nonzero(a.reads)) for a in self.axes]
         return float(math.prod(per_axis))
 
     @property
@@ -402,7 +403,7 @@ def diagnose(
     else:
         if kernel_size is None:
             raise PoolingConfigError(f"op={op!r} needs kernel_size (an int or one int per spatial axis)")
-        window = Window.build(spatial, kernel_size, stride, padding, dilation, ceil_mode)
+        window = Window.build(spatial, kernel_size, stride, padding, dilation, ceil_mode, allow_padding_only=True)
     names = _axis_names(window.rank)
     coverage = tuple(
         AxisCoverage(i, names[i], a.size, a.out_size, _formula(a), _reads(a)) for i, a in enumerate(window.axes)
@@ -517,6 +518,8 @@ def _variant(axis: Axis, **changes) -> Axis | None:
 def _findings(window: Window, coverage: tuple[AxisCoverage, ...], op: str, count_include_pad: bool):
     findings = []
     for i, (axis, cov) in enumerate(zip(window.axes, coverage)):
+        findings += _padding_only(i, axis, cov)
+    for i, (axis, cov) in enumerate(zip(window.axes, coverage)):
         findings += _axis_loss(i, axis, cov)
     findings += _padding_divisor(window, op, count_include_pad)
     for i, (axis, cov) in enumerate(zip(window.axes, coverage)):
@@ -541,6 +544,25 @@ def _findings(window: Window, coverage: tuple[AxisCoverage, ...], op: str, count
     return tuple(findings)
 
 
+def _padding_only(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
+    empty = np.flatnonzero(axis.real_counts == 0)
+    if empty.size == 0:
+        return []
+    first = int(empty[0])
+    read = ", ".join(str(int(p)) for p in axis.starts[first] + axis.dilation * np.arange(axis.kernel))
+    return [
+        Finding(
+            "padding-only-window",
+            "error",
+            i,
+            f"{empty.size} of {axis.out_size} windows along the {cov.name} read only padding: window {first} "
+            f"reads positions {read} of 0..{axis.size - 1} (padding {axis.pad_before}+{axis.pad_after}, "
+            f"dilation {axis.dilation}); poolkit refuses this layer and PyTorch returns -inf there",
+            f"use less padding or a smaller dilation on the {cov.name}",
+        )
+    ]
+
+
 def _axis_loss(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
     never = np.flatnonzero(cov.reads == 0)
     if never.size == 0:
@@ -560,9 +582,9 @@ def _axis_loss(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
         padded = _variant(axis, padding=((axis.pad_before, after),))
         if padded is not None and np.all(_reads(padded)[tail] > 0):
             options.append(f"pad the {name} ({axis.pad_before}, {after}) (before, after)")
-        last_read = int(np.flatnonzero(cov.reads)[-1])
-        if last_read < axis.size - 1:
-            options.append(f"crop the {name} to {last_read + 1}")
+        read = np.flatnonzero(cov.reads)
+        if read.size and read[-1] < axis.size - 1:
+            options.append(f"crop the {name} to {int(read[-1]) + 1}")
         if not options:
             options.append(f"change the stride or dilation so that the windows reach the end of the {name}")
         found.append(

@@ -169,6 +169,8 @@ class Window:
         padding: Padding = 0,
         dilation: IntOrSeq = 1,
         ceil_mode: bool = False,
+        *,
+        allow_padding_only: bool = False,
     ) -> Window:
         """Resolve pooling arguments against a spatial input shape.
 
@@ -192,6 +194,9 @@ class Window:
             Step between the taps of a window.
         ceil_mode : bool
             Round the output size up, allowing a partial last window.
+        allow_padding_only : bool
+            Build the window even if some windows read only padding (for
+            :func:`poolkit.diagnose`, which reports them); the ops refuse them.
 
         Returns
         -------
@@ -219,7 +224,10 @@ class Window:
         if not isinstance(ceil_mode, (bool, np.bool_)):
             raise PoolingTypeError(f"ceil_mode={ceil_mode!r} must be True or False")
         pads = _resolve_padding(padding, in_shape, kernel, strides, dilations)
-        return _build(in_shape, kernel, strides, dilations, pads, bool(ceil_mode))
+        window = _build(in_shape, kernel, strides, dilations, pads, bool(ceil_mode))
+        if not allow_padding_only:
+            _refuse_padding_only(window)
+        return window
 
     @property
     def rank(self) -> int:
@@ -582,7 +590,10 @@ def _build(in_shape, kernel, strides, dilations, pads, ceil_mode) -> Window:
         if ceil_mode and (out - 1) * s >= size + before:
             out -= 1
         axes.append(Axis(size, k, s, d, before, after, ceil_mode, out))
-    window = Window(tuple(axes))
+    return Window(tuple(axes))
+
+
+def _refuse_padding_only(window: Window) -> None:
     for axis, ax in enumerate(window.axes):
         empty = np.flatnonzero(ax.real_counts == 0)
         if empty.size:
@@ -594,4 +605,3 @@ def _build(in_shape, kernel, strides, dilations, pads, ceil_mode) -> Window:
                 f"{ax.pad_after}, dilation {ax.dilation}); PyTorch returns -inf with an out-of-range "
                 "index there. Use less padding or a smaller dilation"
             )
-    return window
