@@ -163,6 +163,8 @@ def onnxruntime_runner(case: Case, x: np.ndarray, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # ONNX Runtime's idle threads spin by default, which would steal the cores from the libraries timed after it
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del onnx
     return lambda: session.run(None, {"x": x})

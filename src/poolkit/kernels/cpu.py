@@ -296,15 +296,16 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
 
 @njit(nogil=True, cache=True, inline="always")
 def _finish(windows, target, divisor, root):
-    """``target = (windows / divisor) ** (1/root)`` per window ``(F, I)``: the finish step of a sum."""
-    for f in range(windows.shape[0]):
-        for i in range(windows.shape[1]):
-            v = windows[f, i] / divisor[f] if divisor.size else windows[f, i]
-            if root == 2.0:
-                v = np.sqrt(v)
-            elif root != 1.0:
-                v = v ** (1.0 / root)
-            target[f, i] = v
+    """``target = (windows / divisor) ** (1/root)`` for windows ``(B, F, I)``: the finish step of a sum."""
+    for b in range(windows.shape[0]):
+        for f in range(windows.shape[1]):
+            for i in range(windows.shape[2]):
+                v = windows[b, f, i] / divisor[f] if divisor.size else windows[b, f, i]
+                if root == 2.0:
+                    v = np.sqrt(v)
+                elif root != 1.0:
+                    v = v ** (1.0 / root)
+                target[b, f, i] = v
 
 
 @njit(nogil=True, cache=True)
@@ -317,7 +318,7 @@ def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
-        _finish(sums.reshape(-1, inner), out5[b].reshape(-1, inner), divisor, root)
+        _finish(sums.reshape(1, -1, inner), out5[b].reshape(1, -1, inner), divisor, root)
 
 
 @njit(nogil=True, cache=True)
@@ -399,22 +400,6 @@ GROUP_CELLS = 1 << 15  # bins kernels pool this many input cells' planes at a ti
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _sum_run(row, first, stop, zero):
-    """The sum of the unit-stride cells ``row[first:stop]``, in four accumulators that do not wait on each other."""
-    acc0 = acc1 = acc2 = acc3 = zero
-    p = first
-    while p + 4 <= stop:
-        acc0 += row[p]
-        acc1 += row[p + 1]
-        acc2 += row[p + 2]
-        acc3 += row[p + 3]
-        p += 4
-    for q in range(p, stop):
-        acc0 += row[q]
-    return (acc0 + acc1) + (acc2 + acc3)
-
-
-@njit(nogil=True, cache=True, inline="always")
 def _select_run(kind, ignore_nan, row, first, stop, identity):
     """The cell a scan of ``row[first:stop]`` keeps: the first best, or the rule's NaN."""
     acc = identity
@@ -423,12 +408,26 @@ def _select_run(kind, ignore_nan, row, first, stop, identity):
     return acc
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
 def _sum_lines(rows, targets, bounds, zero):
-    """``targets[a, o] = sum(rows[a, bounds[o, 0] : bounds[o, 1]])``."""
+    """``targets[a, o] = sum(rows[a, bounds[o, 0] : bounds[o, 1]])`` for C-contiguous ``rows``.
+
+    The one kernel compiled with a fast-math flag: ``reassoc`` alone, which
+    lets LLVM split each sum over vector lanes (without it a running sum is
+    one long chain of dependent additions). NaN and infinity still propagate
+    (no ``nnan`` / ``ninf``), and signed zeros keep IEEE rules (no ``nsz``).
+    The cells are addressed by unsigned offsets into the flat rows, so that no
+    negative-index wraparound test stands in the loop.
+    """
+    flat = rows.reshape(-1)
+    length = rows.shape[1]
     for a in range(rows.shape[0]):
         for o in range(targets.shape[1]):
-            targets[a, o] = _sum_run(rows[a], bounds[o, 0], bounds[o, 1], zero)
+            acc = zero
+            first = np.uint64(a * length + bounds[o, 0])
+            for q in range(np.uint64(bounds[o, 1] - bounds[o, 0])):
+                acc += flat[first + q]
+            targets[a, o] = acc
 
 
 @njit(nogil=True, cache=True)
@@ -529,9 +528,8 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, 0.0, sums[:count])
-        windows = sums[:count].reshape(count, -1, inner)
-        for b in range(count):
-            _finish(windows[b], out5[first + b].reshape(-1, inner), divisor, root)
+        cells = outs[0] * outs[1] * outs[2]
+        _finish(sums[:count].reshape(count, cells, inner), out5[first:last].reshape(count, cells, inner), divisor, root)
 
 
 @njit(nogil=True, cache=True)
