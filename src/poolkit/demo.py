@@ -293,10 +293,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    """One thread for BLAS and for poolkit's kernels: these arrays are too small to gain from more."""
-    previous = os.environ.get("POOLKIT_NUM_THREADS")
-    os.environ["POOLKIT_NUM_THREADS"] = "1"
+def _small_arrays() -> Iterator[None]:
+    """Settings for 8x8 images, on which compiled kernels and threads gain nothing.
+
+    One thread for BLAS and for poolkit, and poolkit's NumPy backend: the same
+    results, and no kernel to compile on a fresh machine. A value the user has
+    set in the environment is kept.
+    """
+    settings = {"POOLKIT_NUM_THREADS": "1", "POOLKIT_BACKEND": "numpy"}
+    previous = {name: os.environ.get(name) for name in settings}
+    for name, value in settings.items():
+        os.environ.setdefault(name, value)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -307,10 +314,11 @@ def _single_threaded() -> Iterator[None]:
         with limits:
             yield
     finally:
-        if previous is None:
-            del os.environ["POOLKIT_NUM_THREADS"]
-        else:
-            os.environ["POOLKIT_NUM_THREADS"] = previous
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -347,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"poolkit demo: cannot create the output folder {str(out)!r}: {err}", file=sys.stderr)
         return 1
-    with _single_threaded():
+    with _small_arrays():
         results, seconds = _train_all(chosen, epochs, seeds)
     report = {
         "config": {

@@ -267,6 +267,19 @@ def test_backend_choice():
         pk.max_pool2d(x, 2, backend="gpu")
 
 
+def test_environment_chooses_the_auto_backend(monkeypatch):
+    from poolkit.kernels import get_backend, numpy_ref
+
+    monkeypatch.setenv("POOLKIT_BACKEND", "numpy")
+    assert get_backend("auto") is numpy_ref
+    assert get_backend("numba") is cpu  # an explicit choice wins
+    monkeypatch.setenv("POOLKIT_BACKEND", "numba")
+    assert get_backend("auto") is cpu
+    monkeypatch.setenv("POOLKIT_BACKEND", "cuda")
+    with pytest.raises(pk.PoolingConfigError, match=r"POOLKIT_BACKEND='cuda' is not a backend; set it to 'numba' or"):
+        pk.max_pool2d(np.ones((1, 1, 4, 4)), 2)
+
+
 REDUCTIONS = {
     "max": pk.reducers.max_reduction(),
     "min": pk.reducers.min_reduction(),

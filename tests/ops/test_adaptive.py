@@ -7,6 +7,7 @@ import pytest
 from gradients import finite_difference_grad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layout import from_layout, to_layout
 
 import poolkit as pk
 
@@ -19,14 +20,6 @@ TORCH_ADAPTIVE_MAX = {1: F.adaptive_max_pool1d, 2: F.adaptive_max_pool2d, 3: F.a
 TORCH_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
 PK_ADAPTIVE_MAX = {1: pk.adaptive_max_pool1d, 2: pk.adaptive_max_pool2d, 3: pk.adaptive_max_pool3d}
 PK_ADAPTIVE_AVG = {1: pk.adaptive_avg_pool1d, 2: pk.adaptive_avg_pool2d, 3: pk.adaptive_avg_pool3d}
-
-
-def to_layout(array: np.ndarray, channels_last: bool) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(array, 1, -1)) if channels_last else array
-
-
-def from_layout(array: np.ndarray, channels_last: bool) -> np.ndarray:
-    return np.moveaxis(array, -1, 1) if channels_last else array
 
 
 @st.composite

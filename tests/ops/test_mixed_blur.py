@@ -7,6 +7,7 @@ from math import comb
 import numpy as np
 import pytest
 from gradients import finite_difference_grad
+from layout import from_layout, to_layout
 
 import poolkit as pk
 
@@ -14,14 +15,6 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 (the [test] extra) is
 F = torch.nn.functional
 
 BACKENDS = ["numba", "numpy"]
-
-
-def to_layout(array, channels_last):
-    return np.ascontiguousarray(np.moveaxis(array, 1, -1)) if channels_last else array
-
-
-def from_layout(array, channels_last):
-    return np.moveaxis(array, -1, 1) if channels_last else array
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -9,6 +9,7 @@ import pytest
 from gradients import finite_difference_grad
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from layout import from_layout, to_layout
 
 import poolkit as pk
 
@@ -16,14 +17,6 @@ torch = pytest.importorskip("torch", reason="torch==2.13.0 (the [test] extra) is
 F = torch.nn.functional
 
 BACKENDS = ["numba", "numpy"]
-
-
-def to_layout(array, channels_last):
-    return np.ascontiguousarray(np.moveaxis(array, 1, -1)) if channels_last else array
-
-
-def from_layout(array, channels_last):
-    return np.moveaxis(array, -1, 1) if channels_last else array
 
 
 def torch_spp(xt, levels, op):

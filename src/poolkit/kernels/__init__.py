@@ -10,6 +10,7 @@ arrays (see :mod:`poolkit.kernels.numpy_ref`). :func:`get_backend` picks one:
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 from ..errors import PoolingConfigError
@@ -19,7 +20,16 @@ BACKENDS = ("auto", "numba", "numpy")
 
 
 def get_backend(name: str) -> ModuleType:
-    """The kernel module for ``backend=name``; ``"auto"`` is Numba where it imports, else NumPy."""
+    """The kernel module for ``backend=name``.
+
+    ``"auto"`` is the ``POOLKIT_BACKEND`` environment variable (``"numba"``
+    or ``"numpy"``) when it is set, else Numba where it imports, else NumPy.
+    """
+    if name == "auto" and os.environ.get("POOLKIT_BACKEND"):
+        chosen = os.environ["POOLKIT_BACKEND"]
+        if chosen not in ("numba", "numpy"):
+            raise PoolingConfigError(f"POOLKIT_BACKEND={chosen!r} is not a backend; set it to 'numba' or 'numpy'")
+        name = chosen
     if name == "numpy":
         return numpy_ref
     if name in ("auto", "numba"):
