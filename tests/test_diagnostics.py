@@ -194,13 +194,6 @@ def test_overlap_cost_and_sliding_windows():
     assert "rows, columns poolkit's kernels use van Herk / prefix sums" in overlap.fix
 
 
-def test_sliding_threshold_matches_the_kernels():
-    cpu = pytest.importorskip("poolkit.kernels.cpu")
-    from poolkit import diagnostics
-
-    assert diagnostics.SLIDING_KERNEL == cpu.SLIDING_KERNEL
-
-
 def test_asymmetric_padding_and_its_pytorch_spelling():
     # AlexNet's last pool: 12x12, k=3, s=2, pads (0, 1): 6 windows at 0, 2, ..., 10, the last one
     # reading 10, 11 and a padding cell; ceil_mode=True with no padding gives the same 6 windows.

@@ -97,6 +97,18 @@ def checked_pullback(name: str, y: np.ndarray, gradient: Callable[[np.ndarray], 
 
     Every op's pullback goes through this, so a wrong ``dy`` gets the same
     message everywhere: it must be real-valued and have ``y``'s shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from poolkit.autodiff import checked_pullback
+    >>> pullback = checked_pullback("double", np.zeros(2), lambda dy: 2 * dy)
+    >>> pullback([1.0, 3.0])
+    array([2., 6.])
+    >>> pullback([1.0])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+      ...
+    poolkit.errors.PoolingConfigError: double pullback got dy of shape (1,); it must have the shape of ...
     """
     shape = y.shape
 

@@ -43,17 +43,13 @@ import numpy as np
 
 from .errors import PoolingConfigError, PoolingTypeError
 from .geometry import Axis, IntOrSeq, Padding, Window
+from .kernels import SLIDING_KERNEL
 from .ops._common import check_choice, check_flag
 
 __all__ = ["diagnose", "Report", "Finding", "AxisCoverage"]
 
 OPS = ("max", "min", "avg", "lp", "global_max", "global_avg", "global_lp")
 SEVERITIES = ("error", "warning", "info")
-
-# Stride-1, dilation-1 windows of more taps than this run in time independent of the window in
-# poolkit's Numba kernels (van Herk / prefix sums); tests check it equals kernels.cpu.SLIDING_KERNEL,
-# which is not imported here because importing it loads Numba.
-SLIDING_KERNEL = 4
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,16 @@ def test_op_is_a_parameter_of_spp_not_of_vjp():
     assert pullback(np.ones_like(y)).shape == x.shape
 
 
+@pytest.mark.parametrize("kernel_sizes, error, match", [
+    ((), pk.PoolingConfigError, r"kernel_sizes=\(\) is empty; give at least one positive int, e.g. \(5, 9, 13\)"),
+    ((5, 0), pk.PoolingConfigError, r"kernel_sizes=\(5, 0\) holds 0; every entry must be a positive int"),
+    ((5.0,), pk.PoolingTypeError, r"kernel_sizes=5.0 must be an integer"),
+])  # fmt: skip
+def test_spp_concat_kernel_size_errors(kernel_sizes, error, match):
+    with pytest.raises(error, match=match):
+        pk.spp_concat(np.ones((1, 1, 8, 8)), kernel_sizes)
+
+
 def test_unknown_op_and_mode():
     with pytest.raises(pk.PoolingConfigError, match=r"op='min' is not an option; use 'max' or 'avg'"):
         pk.spatial_pyramid_pool(np.ones((1, 1, 8, 8)), op="min")

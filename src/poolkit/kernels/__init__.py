@@ -17,6 +17,7 @@ from ..errors import PoolingConfigError
 from . import numpy_ref
 
 BACKENDS = ("auto", "numba", "numpy")
+SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps: van Herk / prefix sums in the Numba kernels
 
 
 def get_backend(name: str) -> ModuleType:
@@ -24,6 +25,12 @@ def get_backend(name: str) -> ModuleType:
 
     ``"auto"`` is the ``POOLKIT_BACKEND`` environment variable (``"numba"``
     or ``"numpy"``) when it is set, else Numba where it imports, else NumPy.
+
+    Examples
+    --------
+    >>> from poolkit.kernels import get_backend
+    >>> get_backend("numpy").__name__
+    'poolkit.kernels.numpy_ref'
     """
     if name == "auto" and os.environ.get("POOLKIT_BACKEND"):
         chosen = os.environ["POOLKIT_BACKEND"]

@@ -40,11 +40,10 @@ from numba import njit
 from ..errors import PoolingConfigError
 from ..geometry import Bins, Window
 from ..reducers import Reduction, gradient_dtype
-from . import numpy_ref
+from . import SLIDING_KERNEL, numpy_ref
 
 SUM, MAX, MIN = 0, 1, 2
 CELL_FLOAT, CELL_ABS, CELL_SQUARE, CELL_POWER = 1, 2, 3, 4
-SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps use van Herk / prefix sums
 
 _KINDS = {"sum": SUM, "max": MAX, "min": MIN}
 
@@ -653,6 +652,24 @@ def _kernel_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
+def _kernel_input(x: np.ndarray, reduction: Reduction):
+    """``x`` as the kernels read it: memory order, kernel dtype, five-axis view, and what a select compares.
+
+    A select compares ``|x|`` in float64 for Lp with ``p=inf``, else the five-axis view itself.
+    """
+    channels_last = _channels_last_memory(x)
+    kdtype = _kernel_dtype(x.dtype)
+    x5 = _as_five(x.astype(kdtype, copy=False), channels_last)
+    values = np.abs(x5.astype(np.float64)) if reduction.selects and reduction.absolute else x5
+    return channels_last, kdtype, x5, values
+
+
+def _divisors(reduction: Reduction, geometry) -> np.ndarray:
+    """The window divisors, flat in float64 as the kernels read them; empty when sums are not divided."""
+    divisor = reduction.divisor_of(geometry)
+    return np.ones(0) if divisor is None else np.ascontiguousarray(divisor, dtype=np.float64).reshape(-1)
+
+
 def _cell_code(reduction: Reduction) -> int:
     """How a sum turns an input cell into what it adds: x, |x|, x² or |x|^p."""
     if not reduction.absolute:
@@ -668,17 +685,13 @@ def forward(
     """Pool ``x``; return the result and, for selects when asked, the argmax indices."""
     if window.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.forward(x, window, reduction, want_indices)
-    channels_last = _channels_last_memory(x)
-    kdtype = _kernel_dtype(x.dtype)
-    x5 = _as_five(x.astype(kdtype, copy=False), channels_last)
+    channels_last, kdtype, x5, values = _kernel_input(x, reduction)
     out_shape = x.shape[:2] + window.out_shape
     geom, taps = _tables(window)
     kind, ignore = _KINDS[reduction.kind], reduction.nan == "ignore"
     indices = None
-    divisor = reduction.divisor_of(window)
-    divisor = np.ones(0) if divisor is None else np.ascontiguousarray(divisor).reshape(-1)
+    divisor = _divisors(reduction, window)
     if reduction.selects:
-        values = np.abs(x5.astype(np.float64)) if reduction.absolute else x5
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
@@ -766,15 +779,12 @@ def bins_forward(
     """Reduce each bin's box of ``x`` (see :func:`numpy_ref.bins_forward`)."""
     if bins.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.bins_forward(x, bins, reduction, want_indices)
-    channels_last = _channels_last_memory(x)
-    kdtype = _kernel_dtype(x.dtype)
-    x5 = _as_five(x.astype(kdtype, copy=False), channels_last)
+    channels_last, kdtype, x5, values = _kernel_input(x, reduction)
     out_shape = x.shape[:2] + bins.out_shape
     bounds, outs = _bins_tables(bins)
     kind, ignore = _KINDS[reduction.kind], reduction.nan == "ignore"
     indices = None
     if reduction.selects:
-        values = np.abs(x5.astype(np.float64)) if reduction.absolute else x5
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
@@ -784,8 +794,7 @@ def bins_forward(
             group = _group_size(x5)
             _launch(_bins_select, out5.shape[0], kind, ignore, values, out5, bounds, outs, identity, group)
     else:
-        divisor = reduction.divisor_of(bins)
-        divisor = np.ones(0) if divisor is None else np.ascontiguousarray(divisor, dtype=np.float64).reshape(-1)
+        divisor = _divisors(reduction, bins)
         out, out5 = _empty_like_five(out_shape, _kernel_dtype(reduction.result_dtype(x.dtype)), channels_last)
         root = reduction.power if reduction.root else 1.0
         cell = _cell_code(reduction)

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 from ..autodiff import checked_pullback, defvjp, vjp
 from ..errors import PoolingConfigError
-from ..geometry import IntOrSeq, _per_axis, _to_int
+from ..geometry import Axis, IntOrSeq, Window, _to_int
 from ..reducers import gradient_dtype
 from ._common import as_pool_input, check_choice
 from .pooling import max_pool
@@ -133,58 +133,58 @@ def antialiased_max_pool(
 
 @dataclass(frozen=True)
 class _BlurAxis:
-    """The blur along one axis: filter taps, where each padded cell comes from, stride and sizes."""
+    """The blur along one axis: its filter taps, where each padded cell comes from, and its :class:`Axis`."""
 
     taps: np.ndarray  # the normalised binomial filter
     source: np.ndarray  # for each padded position, the input cell it copies; -1 for a zero
-    before: int  # padding cells before the input
-    stride: int
-    size: int
-    out: int
+    axis: Axis  # size, stride, padding and output size, from the Window
 
     def forward(self, array: np.ndarray) -> np.ndarray:
         """Blur and subsample the last axis of ``array``."""
         padded = np.take(array, np.maximum(self.source, 0), axis=-1)
         padded[..., self.source < 0] = 0
-        span = self.stride * (self.out - 1) + 1
-        result = self.taps[0] * padded[..., 0 : span : self.stride]
+        stride = self.axis.stride
+        span = stride * (self.axis.out_size - 1) + 1
+        result = self.taps[0] * padded[..., 0:span:stride]
         for j in range(1, len(self.taps)):
-            result += self.taps[j] * padded[..., j : j + span : self.stride]
+            result += self.taps[j] * padded[..., j : j + span : stride]
         return result
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         """The transpose of :meth:`forward`: spread each output over its taps, then fold the padding back."""
         padded = np.zeros((*grad.shape[:-1], len(self.source)), dtype=grad.dtype)
-        span = self.stride * (self.out - 1) + 1
+        stride = self.axis.stride
+        span = stride * (self.axis.out_size - 1) + 1
         for j, weight in enumerate(self.taps):
-            padded[..., j : j + span : self.stride] += weight * grad
-        result = padded[..., self.before : self.before + self.size].copy()
-        for position in (*range(self.before), *range(self.before + self.size, len(self.source))):
+            padded[..., j : j + span : stride] += weight * grad
+        before, size = self.axis.pad_before, self.axis.size
+        result = padded[..., before : before + size].copy()
+        for position in (*range(before), *range(before + size, len(self.source))):
             if self.source[position] >= 0:
                 result[..., self.source[position]] += padded[..., position]
         return result
 
 
 @functools.lru_cache(maxsize=256)
-def _blur_axis(size: int, stride: int, filter_size: int, padding_mode: str) -> _BlurAxis:
-    """Filter taps and padding map of one axis: cells ``(f-1)//2`` before and ``f//2`` after the input."""
-    taps = np.array([comb(filter_size - 1, j) for j in range(filter_size)], dtype=np.float64)
+def _blur_axis(axis: Axis, padding_mode: str) -> _BlurAxis:
+    """Filter taps and padding map of one axis of the blur's :class:`Window`."""
+    taps = np.array([comb(axis.kernel - 1, j) for j in range(axis.kernel)], dtype=np.float64)
     taps /= taps.sum()
-    before = (filter_size - 1) // 2
-    position = np.arange(-before, size + filter_size // 2)
-    inside = (position >= 0) & (position < size)
+    position = np.arange(-axis.pad_before, axis.size + axis.pad_after)
+    inside = (position >= 0) & (position < axis.size)
     if padding_mode == "replicate":
-        source = np.clip(position, 0, size - 1)
+        source = np.clip(position, 0, axis.size - 1)
     elif padding_mode == "reflect":
-        source = np.where(position < 0, -position, np.where(position >= size, 2 * (size - 1) - position, position))
+        last = axis.size - 1
+        source = np.where(position < 0, -position, np.where(position > last, 2 * last - position, position))
     else:
         source = np.where(inside, position, -1)
     taps.flags.writeable = source.flags.writeable = False
-    return _BlurAxis(taps, source, before, stride, size, (size - 1) // stride + 1)
+    return _BlurAxis(taps, source, axis)
 
 
 def _blur_axes(spatial, stride, filter_size, padding_mode) -> list[_BlurAxis]:
-    strides = _per_axis("stride", stride, len(spatial))
+    """One :class:`_BlurAxis` per spatial axis: a Window of ``filter_size`` taps padded ``(f-1)//2`` and ``f//2``."""
     size = _to_int("filter_size", filter_size)
     if not 1 <= size <= 7:
         raise PoolingConfigError(f"filter_size={filter_size!r} is not available; use a binomial filter of 1 to 7 taps")
@@ -197,7 +197,8 @@ def _blur_axes(spatial, stride, filter_size, padding_mode) -> list[_BlurAxis]:
                     f"(filter_size={size}); it has {length}. Use padding_mode='replicate' or 'zeros', or a "
                     "smaller filter"
                 )
-    return [_blur_axis(length, s, size, padding_mode) for length, s in zip(spatial, strides)]
+    window = Window.build(spatial, size, stride, [((size - 1) // 2, size // 2)] * len(spatial))
+    return [_blur_axis(axis, padding_mode) for axis in window.axes]
 
 
 def _apply(array: np.ndarray, axes: list[_BlurAxis], transpose: bool) -> np.ndarray:

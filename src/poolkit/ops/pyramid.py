@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 
 from ..autodiff import checked_pullback, defvjp, vjp
 from ..errors import PoolingConfigError
-from ..geometry import _is_sequence, _scalar, _to_int
+from ..geometry import Window, _is_sequence, _scalar, _to_int
 from ..reducers import gradient_dtype
 from ._common import as_pool_input, check_choice
 from .adaptive import adaptive_avg_pool, adaptive_max_pool
@@ -143,7 +143,7 @@ def _sppnet_window(spatial: tuple[int, ...], level: int) -> tuple[tuple[int, ...
     kernel, stride = [], []
     for axis, size in enumerate(spatial):
         window, step = -(-size // level), size // level
-        count = (size - window) // step + 1 if step else 0
+        count = Window.build((size,), window, step).out_shape[0] if step else 0
         if count != level:
             raise PoolingConfigError(
                 f"mode='sppnet' cannot split spatial axis {axis} of size {size} into {level} bins: window "
