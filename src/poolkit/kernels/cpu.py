@@ -670,6 +670,12 @@ def _divisors(reduction: Reduction, geometry) -> np.ndarray:
     return np.ones(0) if divisor is None else np.ascontiguousarray(divisor, dtype=np.float64).reshape(-1)
 
 
+def _sum_output(x: np.ndarray, reduction: Reduction, out_shape, channels_last: bool):
+    """For float64 sums: the output array, its five-axis view, the cell code and the root the kernel takes."""
+    out, out5 = _empty_like_five(out_shape, _kernel_dtype(reduction.result_dtype(x.dtype)), channels_last)
+    return out, out5, _cell_code(reduction), (reduction.power if reduction.root else 1.0)
+
+
 def _cell_code(reduction: Reduction) -> int:
     """How a sum turns an input cell into what it adds: x, |x|, x² or |x|^p."""
     if not reduction.absolute:
@@ -704,9 +710,7 @@ def forward(
         identity = np.zeros(1, dtype=kdtype)
         _launch(_forward_direct, out5.shape[0], SUM, False, x5, out5, geom, taps, identity, divisor)
     else:
-        out, out5 = _empty_like_five(out_shape, _kernel_dtype(reduction.result_dtype(x.dtype)), channels_last)
-        root = reduction.power if reduction.root else 1.0
-        cell = _cell_code(reduction)
+        out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
         _launch(_forward_sum, out5.shape[0], cell, reduction.power, x5, out5, geom, taps, divisor, root)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
@@ -794,11 +798,8 @@ def bins_forward(
             group = _group_size(x5)
             _launch(_bins_select, out5.shape[0], kind, ignore, values, out5, bounds, outs, identity, group)
     else:
-        divisor = _divisors(reduction, bins)
-        out, out5 = _empty_like_five(out_shape, _kernel_dtype(reduction.result_dtype(x.dtype)), channels_last)
-        root = reduction.power if reduction.root else 1.0
-        cell = _cell_code(reduction)
-        group = _group_size(x5)
+        out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
+        divisor, group = _divisors(reduction, bins), _group_size(x5)
         _launch(_bins_sum, out5.shape[0], cell, reduction.power, x5, out5, bounds, outs, divisor, root, group)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
