@@ -212,22 +212,10 @@ class Window:
             padding that is negative, unknown or too large, a window larger
             than the padded input, or a window that reads only padding.
         """
-        if not isinstance(in_shape, (Sequence, np.ndarray)) or isinstance(in_shape, (str, bytes)):
-            raise PoolingTypeError(f"in_shape={in_shape!r} must be a sequence of ints (the spatial shape)")
-        in_shape = tuple(_to_int("input size", s) for s in in_shape)
-        rank = len(in_shape)
-        if rank == 0:
-            raise PoolingConfigError("pooling needs at least one spatial axis; got an input with none")
-        kernel = _per_axis("kernel_size", kernel_size, rank)
-        strides = kernel if stride is None else _per_axis("stride", stride, rank)
-        dilations = _per_axis("dilation", dilation, rank)
-        if not isinstance(ceil_mode, (bool, np.bool_)):
-            raise PoolingTypeError(f"ceil_mode={ceil_mode!r} must be True or False")
-        pads = _resolve_padding(padding, in_shape, kernel, strides, dilations)
-        window = _build(in_shape, kernel, strides, dilations, pads, bool(ceil_mode))
-        if not allow_padding_only:
-            _refuse_padding_only(window)
-        return window
+        arguments = (in_shape, kernel_size, stride, padding, dilation, ceil_mode, allow_padding_only)
+        if type(ceil_mode) is bool and type(allow_padding_only) is bool and _plain(arguments[:5]):
+            return _resolve_plain(*arguments)
+        return _resolve(*arguments)
 
     @property
     def rank(self) -> int:
@@ -287,10 +275,28 @@ class Window:
         >>> w.divisor(), w.divisor(count_include_pad=False)
         (array([3., 3., 3.]), array([2., 3., 2.]))
         """
+        return _outer_product(self.divisor_factors(count_include_pad, divisor_override))
+
+    def divisor_factors(
+        self, count_include_pad: bool = True, divisor_override: int | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """One float64 vector per axis whose outer product is :meth:`divisor`.
+
+        A window's divisor is a product over the axes (of the taps it reads
+        inside the padded extent, or of its real cells), so a kernel can take
+        these short vectors instead of an output-sized array; a
+        ``divisor_override`` is carried by the first axis.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> w = Window.build((5, 4), 3, stride=2, padding=1)
+        >>> [f.tolist() for f in w.divisor_factors(count_include_pad=False)]
+        [[2.0, 3.0, 2.0], [2.0, 3.0]]
+        """
         if divisor_override is not None:
-            return np.full(self.out_shape, float(divisor_override))
-        counts = self.padded_counts if count_include_pad else self.real_counts
-        return counts.astype(np.float64)
+            return _override_factors(self.out_shape, divisor_override)
+        return tuple((a.padded_counts if count_include_pad else a.real_counts).astype(np.float64) for a in self.axes)
 
     def taps(self) -> Iterator[tuple[tuple[int, ...], tuple[Tap, ...]]]:
         """Every kernel offset in row-major order with its per-axis :class:`Tap`.
@@ -354,9 +360,9 @@ class Bins:
     >>> bins.bounds[0]            # (start, stop) of each bin along the first axis
     ((0, 2), (1, 4), (3, 5))
     >>> bins.divisor()
-    array([[2, 2, 2, 2],
-           [3, 3, 3, 3],
-           [2, 2, 2, 2]])
+    array([[2., 2., 2., 2.],
+           [3., 3., 3., 3.],
+           [2., 2., 2., 2.]])
     """
 
     in_shape: tuple[int, ...]
@@ -383,39 +389,9 @@ class Bins:
             A size that is not positive, a sequence of the wrong length, or an
             empty input axis.
         """
-        in_shape = tuple(_to_int("input size", s) for s in in_shape)
-        rank = len(in_shape)
-        output_size = _scalar(output_size)
-        if _is_sequence(output_size):
-            sizes = tuple(_scalar(v) for v in output_size)
-            if len(sizes) != rank:
-                raise PoolingConfigError(
-                    f"output_size={tuple(output_size)!r} has {len(sizes)} entries for an input of {rank} "
-                    f"spatial axes {in_shape}; give {rank} values (None keeps an axis) or a single int"
-                )
-        elif output_size is None or isinstance(output_size, (numbers.Integral, np.integer)):
-            sizes = (output_size,) * rank
-        else:
-            raise PoolingTypeError(
-                f"output_size={output_size!r} must be an int, None or a sequence of them, "
-                f"got {type(output_size).__name__}"
-            )
-        resolved = []
-        for axis, (length, size) in enumerate(zip(in_shape, sizes)):
-            size = length if size is None else _to_int("output_size", size)
-            if size <= 0:
-                raise PoolingConfigError(
-                    f"output_size={output_size!r} asks for {size} bins along spatial axis {axis}; "
-                    "every output size must be >= 1 (larger than the input is allowed)"
-                )
-            if length <= 0:
-                raise PoolingConfigError(
-                    f"spatial axis {axis} of the input shape {in_shape} has size {length}; pooling to a fixed "
-                    "size needs at least one cell per spatial axis. Drop the empty input, or pool only the "
-                    "axes that have cells"
-                )
-            resolved.append(size)
-        return _adaptive(in_shape, tuple(resolved))
+        if _plain((in_shape, output_size)):
+            return _resolve_bins_plain(in_shape, output_size)
+        return _resolve_bins(in_shape, output_size)
 
     @property
     def rank(self) -> int:
@@ -427,25 +403,72 @@ class Bins:
         """Number of bins per axis."""
         return tuple(len(axis) for axis in self.bounds)
 
-    @property
+    @functools.cached_property
     def lengths(self) -> tuple[np.ndarray, ...]:
         """Cells per bin along each axis."""
-        return tuple(np.array([stop - start for start, stop in axis], dtype=np.int64) for axis in self.bounds)
+        return tuple(
+            _readonly(np.array([stop - start for start, stop in axis], dtype=np.int64)) for axis in self.bounds
+        )
 
     def divisor(self, count_include_pad: bool = True, divisor_override: int | None = None) -> np.ndarray:
-        """Cells per bin (shape ``out_shape``), the divisor of an average; bins have no padding.
+        """Cells per bin (shape ``out_shape``, float64), the divisor of an average; bins have no padding.
 
         The signature matches :meth:`Window.divisor`, so a
         :class:`~poolkit.reducers.Reduction` reads either.
         """
+        return _outer_product(self.divisor_factors(count_include_pad, divisor_override))
+
+    def divisor_factors(
+        self, count_include_pad: bool = True, divisor_override: int | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """One float64 vector per axis whose outer product is :meth:`divisor` (see :meth:`Window.divisor_factors`)."""
         if divisor_override is not None:
-            return np.full(self.out_shape, divisor_override, dtype=np.int64)
-        return _outer_product(self.lengths)
+            return _override_factors(self.out_shape, divisor_override)
+        return tuple(lengths.astype(np.float64) for lengths in self.lengths)
 
     def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
         """Every output cell with the input box it reduces, in row-major order."""
         for cell in itertools.product(*(range(len(axis)) for axis in self.bounds)):
             yield cell, tuple(slice(*axis[i]) for axis, i in zip(self.bounds, cell))
+
+
+def _resolve_bins(in_shape, output_size) -> Bins:
+    """:meth:`Bins.adaptive`'s work: check the sizes, build (or fetch) the bins."""
+    in_shape = tuple(_to_int("input size", s) for s in in_shape)
+    rank = len(in_shape)
+    output_size = _scalar(output_size)
+    if _is_sequence(output_size):
+        sizes = tuple(_scalar(v) for v in output_size)
+        if len(sizes) != rank:
+            raise PoolingConfigError(
+                f"output_size={tuple(output_size)!r} has {len(sizes)} entries for an input of {rank} "
+                f"spatial axes {in_shape}; give {rank} values (None keeps an axis) or a single int"
+            )
+    elif output_size is None or isinstance(output_size, (numbers.Integral, np.integer)):
+        sizes = (output_size,) * rank
+    else:
+        raise PoolingTypeError(
+            f"output_size={output_size!r} must be an int, None or a sequence of them, got {type(output_size).__name__}"
+        )
+    resolved = []
+    for axis, (length, size) in enumerate(zip(in_shape, sizes)):
+        size = length if size is None else _to_int("output_size", size)
+        if size <= 0:
+            raise PoolingConfigError(
+                f"output_size={output_size!r} asks for {size} bins along spatial axis {axis}; "
+                "every output size must be >= 1 (larger than the input is allowed)"
+            )
+        if length <= 0:
+            raise PoolingConfigError(
+                f"spatial axis {axis} of the input shape {in_shape} has size {length}; pooling to a fixed "
+                "size needs at least one cell per spatial axis. Drop the empty input, or pool only the "
+                "axes that have cells"
+            )
+        resolved.append(size)
+    return _adaptive(in_shape, tuple(resolved))
+
+
+_resolve_bins_plain = functools.lru_cache(maxsize=1024)(_resolve_bins)
 
 
 @functools.lru_cache(maxsize=512)
@@ -457,11 +480,48 @@ def _adaptive(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Bins:
     return Bins(in_shape, bounds)
 
 
+def _override_factors(out_shape: tuple[int, ...], divisor_override: int) -> tuple[np.ndarray, ...]:
+    """Per-axis divisor factors of a fixed divisor: the value on the first axis, ones on the rest."""
+    return (np.full(out_shape[0], float(divisor_override)), *(np.ones(size) for size in out_shape[1:]))
+
+
 def _outer_product(vectors: Sequence[np.ndarray]) -> np.ndarray:
     result = np.ones((), dtype=np.int64)
     for vec in vectors:
         result = np.multiply.outer(result, vec)
     return result
+
+
+def _resolve(in_shape, kernel_size, stride, padding, dilation, ceil_mode, allow_padding_only) -> Window:
+    """:meth:`Window.build`'s work: check every argument, resolve padding, build (or fetch) the window."""
+    if not isinstance(in_shape, (Sequence, np.ndarray)) or isinstance(in_shape, (str, bytes)):
+        raise PoolingTypeError(f"in_shape={in_shape!r} must be a sequence of ints (the spatial shape)")
+    in_shape = tuple(_to_int("input size", s) for s in in_shape)
+    rank = len(in_shape)
+    if rank == 0:
+        raise PoolingConfigError("pooling needs at least one spatial axis; got an input with none")
+    kernel = _per_axis("kernel_size", kernel_size, rank)
+    strides = kernel if stride is None else _per_axis("stride", stride, rank)
+    dilations = _per_axis("dilation", dilation, rank)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise PoolingTypeError(f"ceil_mode={ceil_mode!r} must be True or False")
+    pads = _resolve_padding(padding, in_shape, kernel, strides, dilations)
+    window = _build(in_shape, kernel, strides, dilations, pads, bool(ceil_mode))
+    if not allow_padding_only:
+        _refuse_padding_only(window)
+    return window
+
+
+# Arguments made only of ints, strings, None and tuples of them resolve once: a call's
+# arguments are checked and resolved the first time, then found here (errors are not cached).
+_resolve_plain = functools.lru_cache(maxsize=1024)(_resolve)
+
+
+def _plain(value) -> bool:
+    """An int, str or None (not a bool or NumPy scalar, which compare equal to ints), or a tuple of them."""
+    if type(value) is tuple:
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (int, str)
 
 
 def _to_int(name: str, value: object) -> int:

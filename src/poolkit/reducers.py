@@ -150,11 +150,17 @@ class Reduction:
 
     def divisor_of(self, window) -> np.ndarray | None:
         """The array each window's sum is divided by (shape ``window.out_shape``), or None."""
-        if self.divisor == "none":
-            return None
+        return None if self.divisor == "none" else window.divisor(*self._divisor_args())
+
+    def divisor_factors_of(self, window) -> tuple[np.ndarray, ...] | None:
+        """Per-axis vectors whose outer product is :meth:`divisor_of` (``window.divisor_factors``), or None."""
+        return None if self.divisor == "none" else window.divisor_factors(*self._divisor_args())
+
+    def _divisor_args(self) -> tuple[bool, int | None]:
+        """``(count_include_pad, divisor_override)`` as :meth:`Window.divisor` takes them."""
         if isinstance(self.divisor, str):
-            return window.divisor(count_include_pad=self.divisor == "padded")
-        return window.divisor(divisor_override=self.divisor)
+            return self.divisor == "padded", None
+        return True, self.divisor
 
 
 def gradient_dtype(dtype: np.dtype) -> np.dtype:

@@ -65,6 +65,12 @@ def cases(draw):
     )
 
 
+@pytest.fixture(autouse=True)
+def _threads_for_every_size(monkeypatch):
+    """Split even the tests' small inputs across threads, as large inputs are."""
+    monkeypatch.setattr(cpu, "SERIAL_CELLS", 0)
+
+
 def _arrange(x, layout):
     """The same values as channels-first ``x``, passed in the case's layout."""
     if layout == "last":
@@ -301,7 +307,8 @@ def bins_cases(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = rng.integers(-3, 4, shape).astype(dtype) if dtype != "bool" else rng.random(shape) < 0.5
     if x.dtype.kind == "f":
-        x[rng.random(shape) < 0.1] = np.nan
+        if draw(st.booleans()):
+            x[rng.random(shape) < 0.1] = np.nan
         x[x == 0] = rng.choice([0.0, -0.0], int((x == 0).sum()))
     return x, pk.geometry.Bins.adaptive(sizes, output), draw(st.booleans()), draw(st.integers(1, 64))
 
@@ -333,3 +340,28 @@ def test_bins_match_reference(case, name, want_indices):
     dx = cpu.bins_backward(dy, x, y, indices, bins, reduction)
     expected_dx = pk.kernels.numpy_ref.bins_backward(dy, x, expected, expected_indices, bins, reduction)
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-5 if dx.dtype.itemsize < 8 else 1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["max", "min", "max-ignore-nan"])
+@pytest.mark.parametrize("length", [15, 16, 49, 100])
+def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
+    """Long float runs select by integer keys; NaN payloads, signed zeros and infinities come out as the scan's."""
+    rng = np.random.default_rng(length)
+    x = rng.standard_normal((64, length)).astype(dtype)
+    x[1:8] = rng.choice(np.array([0.0, -0.0], dtype=dtype), (7, length))  # zero ties: the first zero wins
+    x[8:12, rng.integers(0, length, 4)] = np.inf
+    x[12:16, rng.integers(0, length, 4)] = -np.inf
+    payloads = np.arange(1, 9, dtype=np.int32 if dtype == np.float32 else np.int64)
+    nans = (np.array([np.nan], dtype=dtype).view(payloads.dtype) | payloads).view(dtype)
+    x[16:24, rng.integers(0, length, 8)] = nans  # one NaN per row, each with its own payload
+    x[24:28, :] = np.nan
+    x[28:32, ::2] = -np.nan
+    x[32:40] = np.abs(x[32:40]) * rng.choice([-1, 1], (8, 1))  # rows of one sign
+    x = x.reshape(8, 8, length)
+    reduction = REDUCTIONS[name]
+    bins = pk.geometry.Bins.adaptive((length,), 1)
+    y, _ = cpu.bins_forward(x, bins, reduction)
+    expected, _ = pk.kernels.numpy_ref.bins_forward(x, bins, reduction)
+    bits = np.int32 if dtype == np.float32 else np.int64
+    np.testing.assert_array_equal(y.view(bits), expected.view(bits))

@@ -9,6 +9,7 @@ arrays (see :mod:`poolkit.kernels.numpy_ref`). :func:`get_backend` picks one:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from types import ModuleType
@@ -40,14 +41,23 @@ def get_backend(name: str) -> ModuleType:
     if name == "numpy":
         return numpy_ref
     if name in ("auto", "numba"):
-        try:
-            return importlib.import_module(".cpu", __name__)
-        except ImportError as err:
+        compiled = _compiled()
+        if isinstance(compiled, ImportError):
             if name == "numba":
                 raise PoolingConfigError(
-                    f"backend='numba' needs Numba, which does not import here ({err}); "
+                    f"backend='numba' needs Numba, which does not import here ({compiled}); "
                     "install numba or use backend='numpy'"
-                ) from err
+                ) from compiled
             return numpy_ref
+        return compiled
     choices = ", ".join(repr(b) for b in BACKENDS)
     raise PoolingConfigError(f"backend={name!r} is not available; use one of {choices}")
+
+
+@functools.cache
+def _compiled() -> ModuleType | ImportError:
+    """The Numba backend, imported on the first call, or the error that stopped its import."""
+    try:
+        return importlib.import_module(".cpu", __name__)
+    except ImportError as err:
+        return err

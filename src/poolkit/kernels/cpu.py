@@ -28,14 +28,14 @@ the inner loops costs nothing, as LLVM hoists the switch.
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from ..errors import PoolingConfigError
 from ..geometry import Bins, Window
@@ -287,37 +287,53 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
         target = out5[b].reshape(-1)
         _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
         if divisor.size:
-            windows = target.reshape(divisor.size, inner)
-            for f in range(divisor.size):
-                for i in range(inner):
-                    windows[f, i] = windows[f, i] / divisor[f]
+            _finish(out5[b : b + 1], out5[b : b + 1], divisor, 1.0)
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _finish(windows, target, divisor, root):
-    """``target = (windows / divisor) ** (1/root)`` for windows ``(B, F, I)``: the finish step of a sum."""
-    for b in range(windows.shape[0]):
-        for f in range(windows.shape[1]):
-            for i in range(windows.shape[2]):
-                v = windows[b, f, i] / divisor[f] if divisor.size else windows[b, f, i]
+    """``target = (windows / divisor) ** (1/root)`` for windows ``(B, od, oh, ow, I)``: the finish step of a sum.
+
+    ``divisor`` is the ``(3, M)`` table of per-axis factors (D, H, W) whose
+    product divides a window, or empty for sums that are not divided (they
+    are divided by one, which changes nothing). ``target`` may be
+    ``windows`` itself.
+    """
+    planes, od, oh, ow, inner = windows.shape
+    cells = od * oh * ow
+    scale = np.ones(cells)
+    if divisor.size:
+        for z in range(od):
+            for y in range(oh):
+                for x in range(ow):
+                    scale[(z * oh + y) * ow + x] = divisor[0, z] * divisor[1, y] * divisor[2, x]
+    if cells * inner == 1:  # one value per plane (global pooling): one loop along the planes, vectorised
+        sums, results = windows.reshape(1, planes, 1), target.reshape(1, planes, 1)
+        scale = np.full(planes, scale[0])
+        cells, planes = planes, 1
+    else:
+        sums, results = windows.reshape(planes, cells, inner), target.reshape(planes, cells, inner)
+    for b in range(planes):
+        for f in range(cells):
+            for i in range(inner):
+                v = sums[b, f, i] / scale[f]
                 if root == 2.0:
                     v = np.sqrt(v)
                 elif root != 1.0:
                     v = v ** (1.0 / root)
-                target[b, f, i] = v
+                results[b, f, i] = v
 
 
 @njit(nogil=True, cache=True)
 def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
-    cells = out5[0].size if out5.shape[0] else 0
-    sums = np.empty(cells, dtype=np.float64)
+    sums = np.empty((1, out5.shape[1], out5.shape[2], out5.shape[3], inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
-        _pool_plane(SUM, False, values, geom, taps, 0.0, sums)
-        _finish(sums.reshape(1, -1, inner), out5[b].reshape(1, -1, inner), divisor, root)
+        _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
+        _finish(sums, out5[b : b + 1], divisor, root)
 
 
 @njit(nogil=True, cache=True)
@@ -396,6 +412,10 @@ def _spread(start, stop, grad5, dx5, local5, geom, taps):
 
 
 GROUP_CELLS = 1 << 15  # bins kernels pool this many input cells' planes at a time (intermediates stay in cache)
+SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _launch)
+LANE_CELLS = 256  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
+LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
+KEYED_RUN = 16  # float selects over runs of at least this many cells use integer keys (see _keyed_select_lines)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -429,9 +449,8 @@ def _sum_lines(rows, targets, bounds, zero):
             targets[a, o] = acc
 
 
-@njit(nogil=True, cache=True)
 def _select_lines(kind, ignore_nan, rows, targets, bounds, identity):
-    """``targets[a, o] = select(rows[a, bounds[o, 0] : bounds[o, 1]])``.
+    """``targets[a, o] = select(rows[a, bounds[o, 0] : bounds[o, 1]])``; compiled through the overload below.
 
     A kernel of its own, called with a literal ``ignore_nan``: inside a
     larger function LLVM keeps the flag's and the kind's tests in the loop,
@@ -440,6 +459,59 @@ def _select_lines(kind, ignore_nan, rows, targets, bounds, identity):
     for a in range(rows.shape[0]):
         for o in range(targets.shape[1]):
             targets[a, o] = _select_run(kind, ignore_nan, rows[a], bounds[o, 0], bounds[o, 1], identity)
+
+
+@overload(_select_lines, jit_options={"nogil": True})
+def _compile_select_lines(kind, ignore_nan, rows, targets, bounds, identity):
+    """Float rows select by ordered integer keys (:func:`_keyed_select_lines`); other dtypes scan directly."""
+    if isinstance(rows.dtype, types.Float):
+        return _keyed_select_lines(np.int32 if rows.dtype.bitwidth == 32 else np.int64)
+    return _select_lines
+
+
+def _keyed_select_lines(bits):
+    """:func:`_select_lines` for floats whose bit patterns read as the integer type ``bits``.
+
+    A float's bits ``b`` give the key ``b ^ ((b >> (n-1)) & (2**(n-1) - 1))``,
+    an integer that orders as the float does (``-0 < +0``; NaNs beyond
+    ``±inf``). An integer max or min vectorises where the float select rule
+    does not, so runs of at least ``KEYED_RUN`` cells take the key extremes
+    first. A run that holds a NaN, or whose result is a zero (where ``-0``
+    and ``+0`` tie and the first one seen must win), is scanned again by the
+    exact rule; every other result is the one cell with that key.
+    """
+    width = np.dtype(bits).itemsize * 8
+    shift, mask = bits(width - 1), bits(2 ** (width - 1) - 1)
+    lowest, highest = bits(np.iinfo(bits).min), bits(np.iinfo(bits).max)
+    infinity = np.array([np.inf, -np.inf], dtype=np.float32 if width == 32 else np.float64).view(bits)
+    top, bottom = infinity[0], infinity[1] ^ mask  # the keys of +inf and -inf
+
+    def keyed(kind, ignore_nan, rows, targets, bounds, identity):
+        keys = rows.view(bits).reshape(-1)
+        length = rows.shape[1]
+        scratch = np.empty(1, dtype=bits)
+        value = scratch.view(rows.dtype)
+        for a in range(rows.shape[0]):
+            for o in range(targets.shape[1]):
+                first, stop = bounds[o, 0], bounds[o, 1]
+                exact = stop - first < KEYED_RUN
+                if not exact:
+                    high, low = lowest, highest
+                    offset = np.uint64(a * length + first)  # unsigned: no negative-index test in the loop
+                    for q in range(np.uint64(stop - first)):
+                        b = keys[offset + q]
+                        key = b ^ ((b >> shift) & mask)
+                        high = max(high, key)
+                        low = min(low, key)
+                    best = high if kind == MAX else low
+                    exact = low < bottom or high > top or best == 0 or best == -1
+                if exact:
+                    targets[a, o] = _select_run(kind, ignore_nan, rows[a], first, stop, identity)
+                else:
+                    scratch[0] = best ^ ((best >> shift) & mask)
+                    targets[a, o] = value[0]
+
+    return keyed
 
 
 @njit(nogil=True, cache=True)
@@ -458,14 +530,27 @@ def _bins_line(kind, ignore_nan, src, dst, bounds, identity):
             _select_lines(kind, True, rows, targets, bounds, identity)
         else:
             _select_lines(kind, False, rows, targets, bounds, identity)
-        return
-    for a in range(lines):
-        for o in range(out):
+    elif kind == SUM:
+        _combine_lanes(SUM, False, src, dst, bounds, identity)
+    elif ignore_nan:
+        _combine_lanes(kind, True, src, dst, bounds, identity)
+    else:
+        _combine_lanes(kind, False, src, dst, bounds, identity)
+
+
+@njit(nogil=True, cache=True)
+def _combine_lanes(kind, ignore_nan, src, dst, bounds, identity):
+    """``dst[a, o, i] = combine(src[a, bounds[o, 0] : bounds[o, 1], i])``: independent lanes ``i``, vectorised.
+
+    Called with literal flags, as :func:`_select_lines` is.
+    """
+    for a in range(src.shape[0]):
+        for o in range(dst.shape[1]):
             target = dst[a, o]
             target[:] = identity
             for p in range(bounds[o, 0], bounds[o, 1]):
                 row = src[a, p]
-                for i in range(inner):
+                for i in range(src.shape[2]):
                     target[i] = _combine(kind, ignore_nan, target[i], row[i])
 
 
@@ -473,9 +558,45 @@ def _bins_line(kind, ignore_nan, src, dst, bounds, identity):
 def _bins_group(kind, ignore_nan, group, bounds, outs, identity, target):
     """Reduce the planes ``group (G, D, H, W, I)`` bin by bin into ``target (G, od, oh, ow, I)``.
 
-    Axes go W, H, then D over all ``G`` planes at once, rows first so that
-    ties resolve as in a row-major scan (as in :func:`_pool_plane`); an axis
-    of one bin per cell is skipped, and the last pass writes into ``target``.
+    Small channels-first planes (``I == 1``, at most ``LANE_CELLS`` cells in
+    rows of at most ``LANE_ROW``) are transposed so that the ``G`` planes
+    become the lanes of one plane: the passes then run along the planes,
+    vectorised, instead of along rows of a few cells. Each plane's cells are
+    combined in the same order either way.
+    """
+    planes, depth, height, width, inner = group.shape
+    cells = depth * height * width
+    if inner != 1 or planes == 1 or cells > LANE_CELLS or width > LANE_ROW:
+        _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target)
+        return
+    lanes = np.empty((cells, planes), dtype=group.dtype)
+    flat = group.reshape(planes, cells)
+    for b in range(planes):
+        for c in range(cells):
+            lanes[c, b] = flat[b, c]
+    pooled = np.empty((outs[0] * outs[1] * outs[2], planes), dtype=target.dtype)
+    _bins_passes(
+        kind,
+        ignore_nan,
+        lanes.reshape(1, depth, height, width, planes),
+        bounds,
+        outs,
+        identity,
+        pooled.reshape(1, outs[0], outs[1], outs[2], planes),
+    )
+    result = target.reshape(planes, pooled.shape[0])
+    for b in range(planes):
+        for c in range(pooled.shape[0]):
+            result[b, c] = pooled[c, b]
+
+
+@njit(nogil=True, cache=True)
+def _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target):
+    """:func:`_bins_group`'s passes: axes W, H, then D over all ``G`` planes at once.
+
+    Rows go first so that ties resolve as in a row-major scan (as in
+    :func:`_pool_plane`); an axis of one bin per cell is skipped, and the
+    last pass writes into ``target``.
     """
     planes, depth, height, width, inner = group.shape
     od, oh, ow = outs[0], outs[1], outs[2]
@@ -527,8 +648,7 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, 0.0, sums[:count])
-        cells = outs[0] * outs[1] * outs[2]
-        _finish(sums[:count].reshape(count, cells, inner), out5[first:last].reshape(count, cells, inner), divisor, root)
+        _finish(sums[:count], out5[first:last], divisor, root)
 
 
 @njit(nogil=True, cache=True)
@@ -664,10 +784,28 @@ def _kernel_input(x: np.ndarray, reduction: Reduction):
     return channels_last, kdtype, x5, values
 
 
+@functools.lru_cache(maxsize=64)
+def _identity(reduction: Reduction, kdtype: np.dtype, dtype: np.dtype) -> np.ndarray:
+    """The reduction's identity for kernel dtype ``kdtype`` as a one-cell array of ``dtype``, the kernels' form."""
+    identity = np.array([reduction.identity(kdtype)], dtype=dtype)
+    identity.flags.writeable = False
+    return identity
+
+
+@functools.lru_cache(maxsize=256)
 def _divisors(reduction: Reduction, geometry) -> np.ndarray:
-    """The window divisors, flat in float64 as the kernels read them; empty when sums are not divided."""
-    divisor = reduction.divisor_of(geometry)
-    return np.ones(0) if divisor is None else np.ascontiguousarray(divisor, dtype=np.float64).reshape(-1)
+    """The divisor factors of the embedded axes (D, H, W) as a ``(3, M)`` float64 table; empty when not divided.
+
+    Short per-axis vectors (:meth:`Window.divisor_factors`), not an
+    output-sized array: the kernels multiply a window's three factors.
+    """
+    factors = reduction.divisor_factors_of(geometry)
+    per_axis = () if factors is None else (np.ones(1),) * (3 - len(factors)) + factors
+    table = np.ones((len(per_axis), max((f.size for f in per_axis), default=0)))
+    for row, f in enumerate(per_axis):
+        table[row, : f.size] = f
+    table.flags.writeable = False
+    return table
 
 
 def _sum_output(x: np.ndarray, reduction: Reduction, out_shape, channels_last: bool):
@@ -701,17 +839,17 @@ def forward(
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
-            _launch(_forward_indices, out5.shape[0], kind, ignore, values, out5, idx5, geom, taps)
+            _launch(_forward_indices, values, kind, ignore, values, out5, idx5, geom, taps)
         else:
-            identity = np.array([reduction.identity(kdtype)], dtype=values.dtype)
-            _launch(_forward_direct, out5.shape[0], kind, ignore, values, out5, geom, taps, identity, divisor)
+            identity = _identity(reduction, kdtype, values.dtype)
+            _launch(_forward_direct, values, kind, ignore, values, out5, geom, taps, identity, divisor)
     elif not reduction.absolute and kdtype.kind == "f":  # avg of floats: sums in the input's float type
         out, out5 = _empty_like_five(out_shape, kdtype, channels_last)
-        identity = np.zeros(1, dtype=kdtype)
-        _launch(_forward_direct, out5.shape[0], SUM, False, x5, out5, geom, taps, identity, divisor)
+        identity = _identity(reduction, kdtype, kdtype)
+        _launch(_forward_direct, x5, SUM, False, x5, out5, geom, taps, identity, divisor)
     else:
         out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
-        _launch(_forward_sum, out5.shape[0], cell, reduction.power, x5, out5, geom, taps, divisor, root)
+        _launch(_forward_sum, x5, cell, reduction.power, x5, out5, geom, taps, divisor, root)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
@@ -739,7 +877,7 @@ def _backward(dy, x, y, indices, geometry, reduction, spread, tables) -> np.ndar
     grad5 = _as_five(reduction.sum_gradient(dy, y, geometry), channels_last)
     local = reduction.cell_gradient(x)
     local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
-    _launch(spread, dx5.shape[0], grad5, dx5, local5, *tables)
+    _launch(spread, dx5, grad5, dx5, local5, *tables)
     return dx.astype(dx_dtype, copy=False)
 
 
@@ -752,7 +890,7 @@ def _scatter_selected(dy, x, indices, reduction, out_cells: int) -> np.ndarray:
     planes, inner = dx5.shape[0], dx5.shape[-1]
     _launch(
         _scatter,
-        planes,
+        dx5,
         _as_five(weights, channels_last).reshape(planes, out_cells, inner),
         _as_five(indices, channels_last).reshape(planes, out_cells, inner),
         dx5.reshape(planes, -1 if planes else 0, inner),
@@ -780,9 +918,38 @@ def _group_size(x5: np.ndarray) -> int:
 def bins_forward(
     x: np.ndarray, bins: Bins, reduction: Reduction, want_indices: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reduce each bin's box of ``x`` (see :func:`numpy_ref.bins_forward`)."""
-    if bins.rank > 3 or not _compiled_dtype(x.dtype):
+    """Reduce each bin's box of ``x`` (see :func:`numpy_ref.bins_forward`).
+
+    The kernels see the bins over fewer axes where they can (:func:`_merged`).
+    """
+    merged = _merged(bins)
+    if merged.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.bins_forward(x, bins, reduction, want_indices)
+    pooled, indices = _bins_forward(x.reshape(x.shape[:2] + merged.in_shape), merged, reduction, want_indices)
+    out_shape = x.shape[:2] + bins.out_shape
+    return pooled.reshape(out_shape), None if indices is None else indices.reshape(out_shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _merged(bins: Bins) -> Bins:
+    """The same bins over fewer axes: an axis pooled whole into one bin joins the axis before it.
+
+    Inside each bin of the axis before it, such an axis's cells follow on in
+    row-major order, so every bin keeps its cells and their scan order (flat
+    indices included) while the kernels get longer runs: global pooling of a
+    plane becomes one run of all its cells.
+    """
+    in_shape, bounds = list(bins.in_shape), list(bins.bounds)
+    while len(in_shape) > 1 and bounds[-1] == ((0, in_shape[-1]),):
+        size = in_shape.pop()
+        bounds.pop()
+        in_shape[-1] *= size
+        bounds[-1] = tuple((start * size, stop * size) for start, stop in bounds[-1])
+    return Bins(tuple(in_shape), tuple(bounds))
+
+
+def _bins_forward(x: np.ndarray, bins: Bins, reduction: Reduction, want_indices: bool):
+    """:func:`bins_forward` for bins of at most three axes."""
     channels_last, kdtype, x5, values = _kernel_input(x, reduction)
     out_shape = x.shape[:2] + bins.out_shape
     bounds, outs = _bins_tables(bins)
@@ -792,15 +959,15 @@ def bins_forward(
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
-            _launch(_bins_indices, out5.shape[0], kind, ignore, values, out5, idx5, bounds, outs)
+            _launch(_bins_indices, values, kind, ignore, values, out5, idx5, bounds, outs)
         else:
-            identity = np.array([reduction.identity(kdtype)], dtype=values.dtype)
+            identity = _identity(reduction, kdtype, values.dtype)
             group = _group_size(x5)
-            _launch(_bins_select, out5.shape[0], kind, ignore, values, out5, bounds, outs, identity, group)
+            _launch(_bins_select, values, kind, ignore, values, out5, bounds, outs, identity, group)
     else:
         out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
         divisor, group = _divisors(reduction, bins), _group_size(x5)
-        _launch(_bins_sum, out5.shape[0], cell, reduction.power, x5, out5, bounds, outs, divisor, root, group)
+        _launch(_bins_sum, x5, cell, reduction.power, x5, out5, bounds, outs, divisor, root, group)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
@@ -838,24 +1005,29 @@ def thread_count() -> int:
     return count
 
 
-def _launch(kernel, planes: int, *args) -> None:
-    """Run ``kernel(start, stop, *args)`` over ``range(planes)``, split across threads.
+def _launch(kernel, work: np.ndarray, *args) -> None:
+    """Run ``kernel(start, stop, *args)`` over the planes of the five-axis ``work``, split across threads.
 
     The kernels release the GIL, so the chunks run in parallel, and calls
     from several Python threads at once are safe: each only writes its own
-    output.
+    output. Work of fewer than ``SERIAL_CELLS`` cells runs on the calling
+    thread, where a hand-off to the pool would cost more than it saves.
     """
-    threads = min(thread_count(), planes)
+    planes, wanted = work.shape[0], thread_count()
+    threads = 1 if work.size < SERIAL_CELLS else min(wanted, planes)
     if threads <= 1:
         kernel(0, planes, *args)
         return
     with _POOL_LOCK:
-        if not _POOL or _POOL[0]._max_workers < threads:
+        if not _POOL or _POOL[0]._max_workers < threads - 1:
             if _POOL:
                 _POOL[0].shutdown(wait=False)  # running chunks finish; the old threads then exit
-            _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poolkit")]
+            _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="poolkit")]
         pool = _POOL[0]
-    bounds = np.linspace(0, planes, threads + 1).astype(int)
-    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in itertools.pairwise(bounds) if hi > lo]
-    for future in futures:
-        future.result()
+    chunks = [(planes * t // threads, planes * (t + 1) // threads) for t in range(threads)]
+    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in chunks[1:]]
+    try:
+        kernel(*chunks[0], *args)  # the calling thread takes the first chunk
+    finally:
+        for future in futures:
+            future.result()

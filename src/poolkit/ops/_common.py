@@ -62,8 +62,8 @@ def as_pool_input(x, rank: int | None, channels_last: bool, op_name: str) -> tup
             )
         unbatched = False
     else:
-        spatial = ", ".join("DHW"[-rank:] if rank <= 3 else [f"S{i}" for i in range(rank)])
         if array.ndim not in (rank + 1, rank + 2):
+            spatial = ", ".join("DHW"[-rank:] if rank <= 3 else [f"S{i}" for i in range(rank)])
             batched = f"(N, {spatial}, C)" if channels_last else f"(N, C, {spatial})"
             single = f"({spatial}, C)" if channels_last else f"(C, {spatial})"
             raise PoolingConfigError(

@@ -341,11 +341,39 @@ def _pool(
     return result, checked_pullback(name, user_y, gradient)
 
 
-def _vjp_rule(op: str, rank: int | None, signature: inspect.Signature) -> Callable:
-    def rule(*args, **kwargs):
+def _binder(signature: inspect.Signature) -> Callable[[tuple, dict], dict]:
+    """``signature.bind(*args, **kwargs)`` with the defaults applied, as a dict, without its per-call cost.
+
+    A call that binds plainly (positional arguments in place, keywords known
+    and not repeated, none missing) is read directly; any other goes through
+    ``signature.bind`` for Python's own error.
+    """
+    params = signature.parameters
+    names = frozenset(params)
+    positional = tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+    defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+
+    def bind(args: tuple, kwargs: dict) -> dict:
+        if (
+            len(args) <= len(positional)
+            and names.issuperset(kwargs)
+            and kwargs.keys().isdisjoint(positional[: len(args)])
+        ):
+            arguments = {**defaults, **dict(zip(positional, args)), **kwargs}
+            if len(arguments) == len(names):
+                return arguments
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        return _pool(op, rank=rank, with_pullback=True, **bound.arguments)
+        return dict(bound.arguments)
+
+    return bind
+
+
+def _vjp_rule(op: str, rank: int | None, signature: inspect.Signature) -> Callable:
+    bind = _binder(signature)
+
+    def rule(*args, **kwargs):
+        return _pool(op, rank=rank, with_pullback=True, **bind(args, kwargs))
 
     return rule
 
@@ -365,12 +393,11 @@ def _fixed_rank(generic: Callable, op: str, rank: int) -> Callable:
     """The ``rank``-D version of ``generic``: checks the rank and accepts unbatched input."""
     signature = inspect.signature(generic)
     name = f"{generic.__name__}{rank}d"
+    bind = _binder(signature)
 
     @functools.wraps(generic)
     def fixed(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return _pool(op, rank=rank, with_pullback=False, **bound.arguments)
+        return _pool(op, rank=rank, with_pullback=False, **bind(args, kwargs))
 
     axes = "DHW"[-rank:]
     example = _RANK_EXAMPLE.format(
