@@ -354,13 +354,14 @@ def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
     x[12:16, rng.integers(0, length, 4)] = -np.inf
     payloads = np.arange(1, 9, dtype=np.int32 if dtype == np.float32 else np.int64)
     nans = (np.array([np.nan], dtype=dtype).view(payloads.dtype) | payloads).view(dtype)
-    x[16:24, rng.integers(0, length, 8)] = nans  # one NaN per row, each with its own payload
+    x[16:24, rng.integers(0, length, 8)] = nans  # NaNs of eight payloads in each row
     x[24:28, :] = np.nan
-    x[28:32, ::2] = -np.nan
+    x[28:30, :] = -nans[:, None][:2]  # NaNs alone, of another sign and payload: the first one stays
+    x[30:32, ::2] = -np.nan
     x[32:40] = np.abs(x[32:40]) * rng.choice([-1, 1], (8, 1))  # rows of one sign
-    x = x.reshape(8, 8, length)
+    x = x.reshape(1, 1, 64, length)  # each row a bin of its own: runs of exactly `length` cells
     reduction = REDUCTIONS[name]
-    bins = pk.geometry.Bins.adaptive((length,), 1)
+    bins = pk.geometry.Bins.adaptive((64, length), (64, 1))
     y, _ = cpu.bins_forward(x, bins, reduction)
     expected, _ = pk.kernels.numpy_ref.bins_forward(x, bins, reduction)
     bits = np.int32 if dtype == np.float32 else np.int64

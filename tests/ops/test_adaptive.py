@@ -67,7 +67,9 @@ def test_adaptive_max_pool_matches_torch(case):
     np.testing.assert_array_equal(from_layout(y, channels_last), expected.detach().numpy())
     np.testing.assert_array_equal(from_layout(idx, channels_last), expected_idx.numpy())
     dx = from_layout(pullback(to_layout(dy, channels_last)), channels_last)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+    # PyTorch adds the gradients of bins that share a cell in float32; a cell may collect hundreds
+    tolerance = 1e-5 if x.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=tolerance, atol=tolerance)
 
 
 @SETTINGS

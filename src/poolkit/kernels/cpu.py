@@ -232,6 +232,79 @@ def _sum_plane_rows_last(plane, geom, taps, zero, target):
 
 
 @njit(nogil=True, cache=True)
+def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_last):
+    """Pool a 2-D ``plane (H, W, I)`` into the flat ``target`` a strip of output rows at a time.
+
+    Each strip passes only the input rows its windows read, through a small
+    intermediate that stays in cache: W then H (the scan order, see
+    :func:`_pool_plane`), or for ``rows_last`` sums H then W (see
+    :func:`_sum_plane_rows_last`). The whole plane's intermediate would go
+    out to memory and back, and a fresh one per call costs page faults.
+    """
+    height, width, inner = plane.shape
+    oh, ow = geom[1, _OUT], geom[2, _OUT]
+    per_strip = max(1, STRIP_CELLS // (max(ow, width // 2) * inner * geom[1, _STRIDE]))
+    span = (per_strip - 1) * geom[1, _STRIDE] + (geom[1, _KERNEL] - 1) * geom[1, _DILATION] + 1
+    buffer = np.empty(max(per_strip * width, min(span, height) * ow) * inner, dtype=target.dtype)
+    strip_geom = np.empty(geom.shape[1], dtype=np.int64)
+    strip_taps = np.empty((geom[1, _KERNEL], 3), dtype=np.int64)
+    outputs = target.reshape(oh, ow, inner)
+    for first in range(0, oh, per_strip):
+        stop = min(first + per_strip, oh)
+        low, high = _strip(geom[1], taps[1], first, stop, strip_geom, strip_taps)
+        if rows_last:
+            along_h = buffer[: (stop - first) * width * inner].reshape(stop - first, width, inner)
+            columns = plane[low:high].reshape(1, high - low, width * inner)
+            _line_pass(
+                kind,
+                ignore_nan,
+                columns,
+                along_h.reshape(1, stop - first, width * inner),
+                strip_geom,
+                strip_taps,
+                identity,
+            )
+            _line_pass(kind, ignore_nan, along_h, outputs[first:stop], geom[2], taps[2], identity)
+        else:
+            along_w = buffer[: (high - low) * ow * inner].reshape(high - low, ow, inner)
+            _line_pass(kind, ignore_nan, plane[low:high], along_w, geom[2], taps[2], identity)
+            columns = along_w.reshape(1, high - low, ow * inner)
+            _line_pass(
+                kind,
+                ignore_nan,
+                columns,
+                outputs[first:stop].reshape(1, stop - first, ow * inner),
+                strip_geom,
+                strip_taps,
+                identity,
+            )
+
+
+@njit(nogil=True, cache=True)
+def _strip(axis, axis_taps, first, stop, strip_geom, strip_taps):
+    """Windows ``first .. stop-1`` of an axis as an axis of their own, over the input cells they read.
+
+    Fills ``strip_geom`` and ``strip_taps`` (the axis's geometry row and taps,
+    positions counted from the strip's first cell) and returns the range
+    ``low, high`` of input cells the strip reads.
+    """
+    stride, kernel = axis[_STRIDE], axis[_KERNEL]
+    start = axis[_START] + first * stride
+    low = max(start, 0)
+    high = min(axis[_START] + (stop - 1) * stride + (kernel - 1) * axis[_DILATION] + 1, axis[_SIZE])
+    strip_geom[:] = axis
+    strip_geom[_SIZE], strip_geom[_START], strip_geom[_OUT] = high - low, start - low, stop - first
+    for j in range(kernel):
+        out_first, out_stop = max(axis_taps[j, 0], first), min(axis_taps[j, 1], stop)
+        if out_first < out_stop:
+            position = axis_taps[j, 2] + (out_first - axis_taps[j, 0]) * stride - low
+            strip_taps[j, 0], strip_taps[j, 1], strip_taps[j, 2] = out_first - first, out_stop - first, position
+        else:
+            strip_taps[j, 0], strip_taps[j, 1], strip_taps[j, 2] = 0, 0, 0
+    return low, high
+
+
+@njit(nogil=True, cache=True)
 def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
 
@@ -245,7 +318,12 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
-    if kind == SUM and inner == 1 and not geom[2, _SLIDING]:
+    rows_last = kind == SUM and inner == 1 and not geom[2, _SLIDING]
+    strips = depth == 1 and height * max(ow, width // 2) * inner > STRIP_CELLS  # a plane larger than one strip
+    if strips and not (geom[1, _IDENTITY] or geom[1, _SLIDING] or geom[2, _SLIDING]):
+        _plane_strips(kind, ignore_nan, plane.reshape(height, width, inner), geom, taps, identity, target, rows_last)
+        return
+    if rows_last:
         _sum_plane_rows_last(plane, geom, taps, identity, target)
         return
     skip_h, skip_d = geom[1, _IDENTITY], geom[0, _IDENTITY]
@@ -282,58 +360,74 @@ def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identit
     blocks, never long running sums).
     """
     _planes, depth, height, width, inner = x5.shape
+    cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
+    scale = _scale(divisor, out5.shape[1], out5.shape[2], out5.shape[3]) if divisor.size else np.ones(0)
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         target = out5[b].reshape(-1)
         _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
         if divisor.size:
-            _finish(out5[b : b + 1], out5[b : b + 1], divisor, 1.0)
+            windows = target.reshape(1, cells, inner)
+            _finish(windows, windows, scale, 1.0)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _finish(windows, target, divisor, root):
-    """``target = (windows / divisor) ** (1/root)`` for windows ``(B, od, oh, ow, I)``: the finish step of a sum.
+def _scale(divisor, od, oh, ow):
+    """What each of the ``od * oh * ow`` windows is divided by: the product of its factors in ``divisor``.
 
-    ``divisor`` is the ``(3, M)`` table of per-axis factors (D, H, W) whose
-    product divides a window, or empty for sums that are not divided (they
-    are divided by one, which changes nothing). ``target`` may be
-    ``windows`` itself.
+    ``divisor`` is the ``(3, M)`` table of per-axis factors (D, H, W), or
+    empty for sums that are not divided (their scale is one, which changes
+    nothing).
     """
-    planes, od, oh, ow, inner = windows.shape
-    cells = od * oh * ow
-    scale = np.ones(cells)
+    scale = np.ones(od * oh * ow)
     if divisor.size:
         for z in range(od):
             for y in range(oh):
                 for x in range(ow):
                     scale[(z * oh + y) * ow + x] = divisor[0, z] * divisor[1, y] * divisor[2, x]
-    if cells * inner == 1:  # one value per plane (global pooling): one loop along the planes, vectorised
-        sums, results = windows.reshape(1, planes, 1), target.reshape(1, planes, 1)
-        scale = np.full(planes, scale[0])
-        cells, planes = planes, 1
-    else:
-        sums, results = windows.reshape(planes, cells, inner), target.reshape(planes, cells, inner)
+    return scale
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _finish(windows, target, scale, root):
+    """``target = (windows / scale) ** (1/root)`` for windows ``(B, F, I)``: the finish step of a sum.
+
+    ``target`` may be ``windows`` itself. One value per plane (global
+    pooling) is finished along the planes, in one vectorised loop.
+    """
+    planes, cells, inner = windows.shape
+    if cells * inner == 1:
+        for b in range(planes):
+            target[b, 0, 0] = _rooted(windows[b, 0, 0] / scale[0], root)
+        return
     for b in range(planes):
         for f in range(cells):
             for i in range(inner):
-                v = sums[b, f, i] / scale[f]
-                if root == 2.0:
-                    v = np.sqrt(v)
-                elif root != 1.0:
-                    v = v ** (1.0 / root)
-                results[b, f, i] = v
+                target[b, f, i] = _rooted(windows[b, f, i] / scale[f], root)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _rooted(v, root):
+    """``v ** (1/root)``: the root of an Lp sum (``root`` 1 for averages)."""
+    if root == 2.0:
+        return np.sqrt(v)
+    if root != 1.0:
+        return v ** (1.0 / root)
+    return v
 
 
 @njit(nogil=True, cache=True)
 def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
-    sums = np.empty((1, out5.shape[1], out5.shape[2], out5.shape[3], inner), dtype=np.float64)
+    cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
+    scale = _scale(divisor, out5.shape[1], out5.shape[2], out5.shape[3])
+    sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
-        _finish(sums, out5[b : b + 1], divisor, root)
+        _finish(sums, out5[b].reshape(1, cells, inner), scale, root)
 
 
 @njit(nogil=True, cache=True)
@@ -415,14 +509,22 @@ GROUP_CELLS = 1 << 15  # bins kernels pool this many input cells' planes at a ti
 SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _launch)
 LANE_CELLS = 256  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
 LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
+STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
 KEYED_RUN = 16  # float selects over runs of at least this many cells use integer keys (see _keyed_select_lines)
+# LANE_*, STRIP_CELLS and KEYED_RUN are read when a kernel compiles (and kept in its disk cache);
+# SERIAL_CELLS and GROUP_CELLS are read on every call.
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _select_run(kind, ignore_nan, row, first, stop, identity):
-    """The cell a scan of ``row[first:stop]`` keeps: the first best, or the rule's NaN."""
-    acc = identity
-    for q in range(first, stop):
+    """The cell a scan of the non-empty ``row[first:stop]`` keeps: the first best, or the rule's NaN.
+
+    The scan starts from the first cell, so that a run of NaNs alone keeps
+    its first NaN (sign and payload), as the reference does under
+    ``nan="ignore"``.
+    """
+    acc = row[first]
+    for q in range(first + 1, stop):
         acc = _combine(kind, ignore_nan, acc, row[q])
     return acc
 
@@ -464,8 +566,9 @@ def _select_lines(kind, ignore_nan, rows, targets, bounds, identity):
 @overload(_select_lines, jit_options={"nogil": True})
 def _compile_select_lines(kind, ignore_nan, rows, targets, bounds, identity):
     """Float rows select by ordered integer keys (:func:`_keyed_select_lines`); other dtypes scan directly."""
-    if isinstance(rows.dtype, types.Float):
-        return _keyed_select_lines(np.int32 if rows.dtype.bitwidth == 32 else np.int64)
+    bits = {32: np.int32, 64: np.int64}.get(getattr(rows.dtype, "bitwidth", 0))
+    if isinstance(rows.dtype, types.Float) and bits is not None and rows.layout == "C":
+        return _keyed_select_lines(bits)
     return _select_lines
 
 
@@ -547,8 +650,8 @@ def _combine_lanes(kind, ignore_nan, src, dst, bounds, identity):
     for a in range(src.shape[0]):
         for o in range(dst.shape[1]):
             target = dst[a, o]
-            target[:] = identity
-            for p in range(bounds[o, 0], bounds[o, 1]):
+            target[:] = src[a, bounds[o, 0]]  # bins are never empty; see _select_run
+            for p in range(bounds[o, 0] + 1, bounds[o, 1]):
                 row = src[a, p]
                 for i in range(src.shape[2]):
                     target[i] = _combine(kind, ignore_nan, target[i], row[i])
@@ -638,6 +741,8 @@ def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, identity
 def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, group):
     """Sums of cell values over the bins of planes ``start:stop`` in float64, divided, to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
+    cells = outs[0] * outs[1] * outs[2]
+    scale = _scale(divisor, outs[0], outs[1], outs[2])
     sums = np.empty((group, outs[0], outs[1], outs[2], inner), dtype=np.float64)
     values = np.empty((group if cell != CELL_FLOAT else 0, depth, height, width, inner), dtype=np.float64)
     for first in range(start, stop, group):
@@ -648,7 +753,7 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, 0.0, sums[:count])
-        _finish(sums[:count], out5[first:last], divisor, root)
+        _finish(sums[:count].reshape(count, cells, inner), out5[first:last].reshape(count, cells, inner), scale, root)
 
 
 @njit(nogil=True, cache=True)
@@ -1018,14 +1123,13 @@ def _launch(kernel, work: np.ndarray, *args) -> None:
     if threads <= 1:
         kernel(0, planes, *args)
         return
-    with _POOL_LOCK:
+    chunks = [(planes * t // threads, planes * (t + 1) // threads) for t in range(threads)]
+    with _POOL_LOCK:  # submitted under the lock: no other call can shut this pool down in between
         if not _POOL or _POOL[0]._max_workers < threads - 1:
             if _POOL:
                 _POOL[0].shutdown(wait=False)  # running chunks finish; the old threads then exit
             _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="poolkit")]
-        pool = _POOL[0]
-    chunks = [(planes * t // threads, planes * (t + 1) // threads) for t in range(threads)]
-    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in chunks[1:]]
+        futures = [_POOL[0].submit(kernel, lo, hi, *args) for lo, hi in chunks[1:]]
     try:
         kernel(*chunks[0], *args)  # the calling thread takes the first chunk
     finally:
