@@ -123,3 +123,36 @@ def test_identity_axes():
     window = Window.build((5, 6, 7), (1, 2, 1), stride=(1, 1, 2))
     assert [a.is_identity for a in window.axes] == [True, False, False]
     assert Window.build((5,), 1, padding="same").axes[0].is_identity
+
+
+def test_cached_resolution_keeps_every_check():
+    """Plain arguments resolve once; a bool or a NumPy scalar equal to a cached int is still checked."""
+    from poolkit import PoolingTypeError
+
+    assert Window.build((8,), 2) is Window.build((8,), 2)
+    assert Window.build((8,), np.int64(2)) == Window.build((8,), 2)  # checked, then an equal window
+    with pytest.raises(PoolingTypeError, match=r"kernel_size=True must be an integer, got bool"):
+        Window.build((8,), True)
+    Window.build((8,), 2, ceil_mode=True)
+    with pytest.raises(PoolingTypeError, match=r"ceil_mode=1 must be True or False"):
+        Window.build((8,), 2, ceil_mode=1)
+    for _ in range(2):  # errors are not cached
+        with pytest.raises(PoolingConfigError, match=r"padding=2 puts 2 cells on one side"):
+            Window.build((8,), 3, padding=2)
+
+
+def test_divisor_is_the_product_of_its_factors():
+    window = Window.build((7, 6, 5), (3, 2, 4), (2, 1, 3), ((1, 2), 1, 2), ceil_mode=True)
+    for args in ((True, None), (False, None), (True, 5)):
+        factors = window.divisor_factors(*args)
+        assert [f.shape for f in factors] == [(n,) for n in window.out_shape]
+        np.testing.assert_array_equal(np.einsum("i,j,k->ijk", *factors), window.divisor(*args))
+
+
+def test_a_tap_that_reads_nothing_has_an_empty_input_slice():
+    """Tap 0 of this window lands in the padding only: its input slice is empty, not a wrap-around to the end."""
+    axis = Window.build((7,), 4, 5, 2, 2).axes[0]
+    empty = axis.taps[0]
+    assert empty.out_start == empty.out_stop
+    assert np.arange(7)[empty.in_slice].size == 0
+    assert [int(i) for tap in axis.taps for i in np.arange(7)[tap.in_slice]] == [0, 2, 4]

@@ -63,7 +63,9 @@ class Tap:
 
     @property
     def in_slice(self) -> slice:
-        stop = self.in_start + (self.out_stop - self.out_start - 1) * self.stride + 1
+        """The input cells this tap reads, in window order; empty when no window's tap lands in the input."""
+        count = self.out_stop - self.out_start
+        stop = self.in_start + (count - 1) * self.stride + 1 if count else self.in_start
         return slice(self.in_start, stop, self.stride)
 
     @property
@@ -421,10 +423,41 @@ class Bins:
     def divisor_factors(
         self, count_include_pad: bool = True, divisor_override: int | None = None
     ) -> tuple[np.ndarray, ...]:
-        """One float64 vector per axis whose outer product is :meth:`divisor` (see :meth:`Window.divisor_factors`)."""
+        """One float64 vector per axis whose outer product is :meth:`divisor` (see :meth:`Window.divisor_factors`).
+
+        Examples
+        --------
+        >>> from poolkit.geometry import Bins
+        >>> [f.tolist() for f in Bins.adaptive((5, 4), (3, 1)).divisor_factors()]
+        [[2.0, 3.0, 2.0], [4.0]]
+        """
         if divisor_override is not None:
             return _override_factors(self.out_shape, divisor_override)
         return tuple(lengths.astype(np.float64) for lengths in self.lengths)
+
+    @functools.cached_property
+    def merged_bins(self) -> Bins:
+        """The same bins over fewer axes: an axis pooled whole into one bin joins the axis before it.
+
+        Inside each bin of the axis before it, such an axis's cells follow on in
+        row-major order, so every bin keeps its cells and their scan order (flat
+        indices included) on the input reshaped to the merged ``in_shape``; global
+        pooling becomes one run of all the cells. The kernels pool these.
+
+        Examples
+        --------
+        >>> from poolkit.geometry import Bins
+        >>> merged = Bins.adaptive((4, 3, 5), (2, 1, 1)).merged_bins
+        >>> merged.in_shape, merged.bounds
+        ((60,), (((0, 30), (30, 60)),))
+        """
+        in_shape, bounds = list(self.in_shape), list(self.bounds)
+        while len(in_shape) > 1 and bounds[-1] == ((0, in_shape[-1]),):
+            size = in_shape.pop()
+            bounds.pop()
+            in_shape[-1] *= size
+            bounds[-1] = tuple((start * size, stop * size) for start, stop in bounds[-1])
+        return Bins(tuple(in_shape), tuple(bounds))
 
     def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
         """Every output cell with the input box it reduces, in row-major order."""

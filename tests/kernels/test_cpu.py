@@ -366,3 +366,49 @@ def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
     expected, _ = pk.kernels.numpy_ref.bins_forward(x, bins, reduction)
     bits = np.int32 if dtype == np.float32 else np.int64
     np.testing.assert_array_equal(y.view(bits), expected.view(bits))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "padding", "dilation", "ceil_mode", "channels_last"),
+    [
+        ((2, 3, 300, 301), 3, 2, 1, 1, False, False),
+        ((1, 2, 300, 300), 3, 1, 1, 1, True, False),
+        ((2, 3, 257, 190), (4, 3), (3, 2), (2, 1), (2, 1), True, True),
+        ((1, 2, 129, 400), (3, 5), (1, 2), (1, 2), (3, 1), False, False),
+    ],
+)
+@pytest.mark.parametrize("op", ["max", "min", "avg", "lp"])
+def test_large_planes_pooled_in_strips(shape, kernel, stride, padding, dilation, ceil_mode, channels_last, op):
+    """Planes larger than one strip (STRIP_CELLS) go strip by strip; values and gradients as the reference."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-3, 4, shape).astype(np.float32)
+    x[rng.random(shape) < 0.01] = np.nan
+    x[x == 0] = rng.choice(np.array([0.0, -0.0], dtype=np.float32), int((x == 0).sum()))
+    x, _ = _arrange(x, "last" if channels_last else "first")
+    fn = getattr(pk, f"{op}_pool2d")
+    args = (2.0,) if op == "lp" else ()
+    params = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, channels_last=channels_last)
+    if op != "avg":  # avg pools the same planes undilated
+        params["dilation"] = dilation
+    (y, pull), (y_ref, pull_ref) = (
+        pk.vjp(fn, x, *args, kernel, backend=backend, **params) for backend in ("numba", "numpy")
+    )
+    dy = rng.standard_normal(y.shape)
+    if op in ("max", "min"):
+        np.testing.assert_array_equal(y, y_ref)
+        assert (np.signbit(y) == np.signbit(y_ref)).all()
+    else:
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    # overlapping windows add into float32 dx here, in float64 in the reference
+    np.testing.assert_allclose(pull(dy), pull_ref(dy), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["max", "avg", "l3-mean"])
+def test_global_pooling_of_four_axes_runs_compiled(name):
+    """Four spatial axes pooled whole merge into one run, so the compiled kernels take them."""
+    x = np.random.default_rng(4).standard_normal((2, 3, 3, 4, 2, 5))
+    bins = pk.geometry.Bins.adaptive(x.shape[2:], 1)
+    assert bins.merged_bins.rank == 1
+    y, _ = cpu.bins_forward(x, bins, REDUCTIONS[name])
+    expected, _ = pk.kernels.numpy_ref.bins_forward(x, bins, REDUCTIONS[name])
+    np.testing.assert_allclose(y, expected, rtol=1e-12)

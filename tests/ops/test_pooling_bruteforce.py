@@ -876,3 +876,22 @@ def test_ceil_mode_window_longer_than_the_padded_input(x, kwargs):
     for fn in (pk.max_pool, pk.avg_pool):
         with pytest.raises(pk.PoolingConfigError, match=r"is larger than the padded input \(\d+ after padding"):
             fn(arr, **kwargs)
+
+
+def test_fixed_rank_functions_bind_arguments_as_python_does():
+    """The fixed-rank wrappers read their arguments like the generic functions, errors included."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    expected = pk.avg_pool(x, 2, 1, 0, True, False)
+    np.testing.assert_array_equal(pk.avg_pool2d(x, 2, 1, 0, True, False), expected)
+    np.testing.assert_array_equal(
+        pk.avg_pool2d(x, kernel_size=2, stride=1, ceil_mode=True, count_include_pad=False), expected
+    )
+    np.testing.assert_array_equal(pk.lp_pool2d(x, 2, 2), pk.lp_pool(x, 2, 2))
+    with pytest.raises(TypeError, match=r"missing a required argument: 'kernel_size'"):
+        pk.max_pool2d(x)
+    with pytest.raises(TypeError, match=r"multiple values for argument 'kernel_size'"):
+        pk.max_pool2d(x, 2, kernel_size=2)
+    with pytest.raises(TypeError, match=r"got an unexpected keyword argument 'kernel'"):
+        pk.max_pool2d(x, 2, kernel=2)
+    with pytest.raises(TypeError, match=r"too many positional arguments"):
+        pk.max_pool2d(x, 2, 2, 0, 1, False, False, True)

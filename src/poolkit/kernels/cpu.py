@@ -241,13 +241,16 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
     :func:`_sum_plane_rows_last`). The whole plane's intermediate would go
     out to memory and back, and a fresh one per call costs page faults.
     """
-    height, width, inner = plane.shape
+    _height, width, inner = plane.shape
     oh, ow = geom[1, _OUT], geom[2, _OUT]
     per_strip = max(1, STRIP_CELLS // (max(ow, width // 2) * inner * geom[1, _STRIDE]))
-    span = (per_strip - 1) * geom[1, _STRIDE] + (geom[1, _KERNEL] - 1) * geom[1, _DILATION] + 1
-    buffer = np.empty(max(per_strip * width, min(span, height) * ow) * inner, dtype=target.dtype)
     strip_geom = np.empty(geom.shape[1], dtype=np.int64)
     strip_taps = np.empty((geom[1, _KERNEL], 3), dtype=np.int64)
+    span = 0  # the most input rows a strip reads
+    for first in range(0, oh, per_strip):
+        low, high = _strip(geom[1], taps[1], first, min(first + per_strip, oh), strip_geom, strip_taps)
+        span = max(span, high - low)
+    buffer = np.empty(max(per_strip * width, span * ow) * inner, dtype=target.dtype)
     outputs = target.reshape(oh, ow, inner)
     for first in range(0, oh, per_strip):
         stop = min(first + per_strip, oh)
@@ -284,17 +287,24 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
 def _strip(axis, axis_taps, first, stop, strip_geom, strip_taps):
     """Windows ``first .. stop-1`` of an axis as an axis of their own, over the input cells they read.
 
-    Fills ``strip_geom`` and ``strip_taps`` (the axis's geometry row and taps,
-    positions counted from the strip's first cell) and returns the range
-    ``low, high`` of input cells the strip reads.
+    Fills ``strip_geom`` and ``strip_taps`` (the axis's geometry row and taps
+    restricted to these windows, positions counted from the strip's first
+    cell) and returns the range ``low, high`` of input cells the taps read.
     """
-    stride, kernel = axis[_STRIDE], axis[_KERNEL]
-    start = axis[_START] + first * stride
-    low = max(start, 0)
-    high = min(axis[_START] + (stop - 1) * stride + (kernel - 1) * axis[_DILATION] + 1, axis[_SIZE])
+    stride = axis[_STRIDE]
+    low, high = axis[_SIZE], 0
+    for j in range(axis[_KERNEL]):
+        out_first, out_stop = max(axis_taps[j, 0], first), min(axis_taps[j, 1], stop)
+        if out_first < out_stop:
+            position = axis_taps[j, 2] + (out_first - axis_taps[j, 0]) * stride
+            low, high = min(low, position), max(high, position + (out_stop - 1 - out_first) * stride + 1)
     strip_geom[:] = axis
-    strip_geom[_SIZE], strip_geom[_START], strip_geom[_OUT] = high - low, start - low, stop - first
-    for j in range(kernel):
+    strip_geom[_SIZE], strip_geom[_START], strip_geom[_OUT] = (
+        high - low,
+        axis[_START] + first * stride - low,
+        stop - first,
+    )
+    for j in range(axis[_KERNEL]):
         out_first, out_stop = max(axis_taps[j, 0], first), min(axis_taps[j, 1], stop)
         if out_first < out_stop:
             position = axis_taps[j, 2] + (out_first - axis_taps[j, 0]) * stride - low
@@ -516,7 +526,7 @@ KEYED_RUN = 16  # float selects over runs of at least this many cells use intege
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _select_run(kind, ignore_nan, row, first, stop, identity):
+def _select_run(kind, ignore_nan, row, first, stop):
     """The cell a scan of the non-empty ``row[first:stop]`` keeps: the first best, or the rule's NaN.
 
     The scan starts from the first cell, so that a run of NaNs alone keeps
@@ -530,7 +540,7 @@ def _select_run(kind, ignore_nan, row, first, stop, identity):
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
-def _sum_lines(rows, targets, bounds, zero):
+def _sum_lines(rows, targets, bounds):
     """``targets[a, o] = sum(rows[a, bounds[o, 0] : bounds[o, 1]])`` for C-contiguous ``rows``.
 
     The one kernel compiled with a fast-math flag: ``reassoc`` alone, which
@@ -544,14 +554,14 @@ def _sum_lines(rows, targets, bounds, zero):
     length = rows.shape[1]
     for a in range(rows.shape[0]):
         for o in range(targets.shape[1]):
-            acc = zero
+            acc = 0.0
             first = np.uint64(a * length + bounds[o, 0])
             for q in range(np.uint64(bounds[o, 1] - bounds[o, 0])):
                 acc += flat[first + q]
             targets[a, o] = acc
 
 
-def _select_lines(kind, ignore_nan, rows, targets, bounds, identity):
+def _select_lines(kind, ignore_nan, rows, targets, bounds):
     """``targets[a, o] = select(rows[a, bounds[o, 0] : bounds[o, 1]])``; compiled through the overload below.
 
     A kernel of its own, called with a literal ``ignore_nan``: inside a
@@ -560,11 +570,11 @@ def _select_lines(kind, ignore_nan, rows, targets, bounds, identity):
     """
     for a in range(rows.shape[0]):
         for o in range(targets.shape[1]):
-            targets[a, o] = _select_run(kind, ignore_nan, rows[a], bounds[o, 0], bounds[o, 1], identity)
+            targets[a, o] = _select_run(kind, ignore_nan, rows[a], bounds[o, 0], bounds[o, 1])
 
 
 @overload(_select_lines, jit_options={"nogil": True})
-def _compile_select_lines(kind, ignore_nan, rows, targets, bounds, identity):
+def _compile_select_lines(kind, ignore_nan, rows, targets, bounds):
     """Float rows select by ordered integer keys (:func:`_keyed_select_lines`); other dtypes scan directly."""
     bits = {32: np.int32, 64: np.int64}.get(getattr(rows.dtype, "bitwidth", 0))
     if isinstance(rows.dtype, types.Float) and bits is not None and rows.layout == "C":
@@ -589,7 +599,7 @@ def _keyed_select_lines(bits):
     infinity = np.array([np.inf, -np.inf], dtype=np.float32 if width == 32 else np.float64).view(bits)
     top, bottom = infinity[0], infinity[1] ^ mask  # the keys of +inf and -inf
 
-    def keyed(kind, ignore_nan, rows, targets, bounds, identity):
+    def keyed(kind, ignore_nan, rows, targets, bounds):
         keys = rows.view(bits).reshape(-1)
         length = rows.shape[1]
         scratch = np.empty(1, dtype=bits)
@@ -609,7 +619,7 @@ def _keyed_select_lines(bits):
                     best = high if kind == MAX else low
                     exact = low < bottom or high > top or best == 0 or best == -1
                 if exact:
-                    targets[a, o] = _select_run(kind, ignore_nan, rows[a], first, stop, identity)
+                    targets[a, o] = _select_run(kind, ignore_nan, rows[a], first, stop)
                 else:
                     scratch[0] = best ^ ((best >> shift) & mask)
                     targets[a, o] = value[0]
@@ -618,7 +628,7 @@ def _keyed_select_lines(bits):
 
 
 @njit(nogil=True, cache=True)
-def _bins_line(kind, ignore_nan, src, dst, bounds, identity):
+def _bins_line(kind, ignore_nan, src, dst, bounds):
     """``dst[a, o] = combine(src[a, bounds[o, 0] : bounds[o, 1]])`` for lines ``src (A, L, I)``.
 
     ``dst`` may be wider than ``src``: float64 sums of float32 cells.
@@ -628,21 +638,21 @@ def _bins_line(kind, ignore_nan, src, dst, bounds, identity):
     if inner == 1:
         rows, targets = src.reshape(lines, length), dst.reshape(lines, out)
         if kind == SUM:
-            _sum_lines(rows, targets, bounds, identity)
+            _sum_lines(rows, targets, bounds)
         elif ignore_nan:
-            _select_lines(kind, True, rows, targets, bounds, identity)
+            _select_lines(kind, True, rows, targets, bounds)
         else:
-            _select_lines(kind, False, rows, targets, bounds, identity)
+            _select_lines(kind, False, rows, targets, bounds)
     elif kind == SUM:
-        _combine_lanes(SUM, False, src, dst, bounds, identity)
+        _combine_lanes(SUM, False, src, dst, bounds)
     elif ignore_nan:
-        _combine_lanes(kind, True, src, dst, bounds, identity)
+        _combine_lanes(kind, True, src, dst, bounds)
     else:
-        _combine_lanes(kind, False, src, dst, bounds, identity)
+        _combine_lanes(kind, False, src, dst, bounds)
 
 
 @njit(nogil=True, cache=True)
-def _combine_lanes(kind, ignore_nan, src, dst, bounds, identity):
+def _combine_lanes(kind, ignore_nan, src, dst, bounds):
     """``dst[a, o, i] = combine(src[a, bounds[o, 0] : bounds[o, 1], i])``: independent lanes ``i``, vectorised.
 
     Called with literal flags, as :func:`_select_lines` is.
@@ -658,7 +668,7 @@ def _combine_lanes(kind, ignore_nan, src, dst, bounds, identity):
 
 
 @njit(nogil=True, cache=True)
-def _bins_group(kind, ignore_nan, group, bounds, outs, identity, target):
+def _bins_group(kind, ignore_nan, group, bounds, outs, target):
     """Reduce the planes ``group (G, D, H, W, I)`` bin by bin into ``target (G, od, oh, ow, I)``.
 
     Small channels-first planes (``I == 1``, at most ``LANE_CELLS`` cells in
@@ -670,7 +680,7 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, identity, target):
     planes, depth, height, width, inner = group.shape
     cells = depth * height * width
     if inner != 1 or planes == 1 or cells > LANE_CELLS or width > LANE_ROW:
-        _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target)
+        _bins_passes(kind, ignore_nan, group, bounds, outs, target)
         return
     lanes = np.empty((cells, planes), dtype=group.dtype)
     flat = group.reshape(planes, cells)
@@ -684,7 +694,6 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, identity, target):
         lanes.reshape(1, depth, height, width, planes),
         bounds,
         outs,
-        identity,
         pooled.reshape(1, outs[0], outs[1], outs[2], planes),
     )
     result = target.reshape(planes, pooled.shape[0])
@@ -694,7 +703,7 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, identity, target):
 
 
 @njit(nogil=True, cache=True)
-def _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target):
+def _bins_passes(kind, ignore_nan, group, bounds, outs, target):
     """:func:`_bins_group`'s passes: axes W, H, then D over all ``G`` planes at once.
 
     Rows go first so that ties resolve as in a row-major scan (as in
@@ -711,7 +720,7 @@ def _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target):
             along_w = target.reshape(planes * depth * height, ow, inner)
         else:
             along_w = np.empty((planes * depth * height, ow, inner), dtype=target.dtype)
-        _bins_line(kind, ignore_nan, group.reshape(planes * depth * height, width, inner), along_w, bounds[2], identity)
+        _bins_line(kind, ignore_nan, group.reshape(planes * depth * height, width, inner), along_w, bounds[2])
     if last == 2:
         if ow == width:
             target.reshape(along_w.shape)[:] = along_w
@@ -722,19 +731,19 @@ def _bins_passes(kind, ignore_nan, group, bounds, outs, identity, target):
             along_h = target.reshape(planes * depth, oh, ow * inner)
         else:
             along_h = np.empty((planes * depth, oh, ow * inner), dtype=target.dtype)
-        _bins_line(kind, ignore_nan, along_w.reshape(planes * depth, height, ow * inner), along_h, bounds[1], identity)
+        _bins_line(kind, ignore_nan, along_w.reshape(planes * depth, height, ow * inner), along_h, bounds[1])
     if last == 1:
         return
     stacks = along_h.reshape(planes, depth, oh * ow * inner)
-    _bins_line(kind, ignore_nan, stacks, target.reshape(planes, od, oh * ow * inner), bounds[0], identity)
+    _bins_line(kind, ignore_nan, stacks, target.reshape(planes, od, oh * ow * inner), bounds[0])
 
 
 @njit(nogil=True, cache=True)
-def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, identity, group):
+def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, group):
     """Max or min over the bins of planes ``start:stop``, values only, in the input's dtype."""
     for first in range(start, stop, group):
         last = min(first + group, stop)
-        _bins_group(kind, ignore_nan, x5[first:last], bounds, outs, identity[0], out5[first:last])
+        _bins_group(kind, ignore_nan, x5[first:last], bounds, outs, out5[first:last])
 
 
 @njit(nogil=True, cache=True)
@@ -749,10 +758,10 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         last = min(first + group, stop)
         count = last - first
         if cell == CELL_FLOAT:
-            _bins_group(SUM, False, x5[first:last], bounds, outs, 0.0, sums[:count])
+            _bins_group(SUM, False, x5[first:last], bounds, outs, sums[:count])
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
-            _bins_group(SUM, False, values[:count], bounds, outs, 0.0, sums[:count])
+            _bins_group(SUM, False, values[:count], bounds, outs, sums[:count])
         _finish(sums[:count].reshape(count, cells, inner), out5[first:last].reshape(count, cells, inner), scale, root)
 
 
@@ -1025,9 +1034,9 @@ def bins_forward(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Reduce each bin's box of ``x`` (see :func:`numpy_ref.bins_forward`).
 
-    The kernels see the bins over fewer axes where they can (:func:`_merged`).
+    The kernels see the bins over fewer axes where they can (:attr:`Bins.merged_bins`).
     """
-    merged = _merged(bins)
+    merged = bins.merged_bins
     if merged.rank > 3 or not _compiled_dtype(x.dtype):
         return numpy_ref.bins_forward(x, bins, reduction, want_indices)
     pooled, indices = _bins_forward(x.reshape(x.shape[:2] + merged.in_shape), merged, reduction, want_indices)
@@ -1035,27 +1044,9 @@ def bins_forward(
     return pooled.reshape(out_shape), None if indices is None else indices.reshape(out_shape)
 
 
-@functools.lru_cache(maxsize=256)
-def _merged(bins: Bins) -> Bins:
-    """The same bins over fewer axes: an axis pooled whole into one bin joins the axis before it.
-
-    Inside each bin of the axis before it, such an axis's cells follow on in
-    row-major order, so every bin keeps its cells and their scan order (flat
-    indices included) while the kernels get longer runs: global pooling of a
-    plane becomes one run of all its cells.
-    """
-    in_shape, bounds = list(bins.in_shape), list(bins.bounds)
-    while len(in_shape) > 1 and bounds[-1] == ((0, in_shape[-1]),):
-        size = in_shape.pop()
-        bounds.pop()
-        in_shape[-1] *= size
-        bounds[-1] = tuple((start * size, stop * size) for start, stop in bounds[-1])
-    return Bins(tuple(in_shape), tuple(bounds))
-
-
 def _bins_forward(x: np.ndarray, bins: Bins, reduction: Reduction, want_indices: bool):
     """:func:`bins_forward` for bins of at most three axes."""
-    channels_last, kdtype, x5, values = _kernel_input(x, reduction)
+    channels_last, _kdtype, x5, values = _kernel_input(x, reduction)
     out_shape = x.shape[:2] + bins.out_shape
     bounds, outs = _bins_tables(bins)
     kind, ignore = _KINDS[reduction.kind], reduction.nan == "ignore"
@@ -1066,9 +1057,7 @@ def _bins_forward(x: np.ndarray, bins: Bins, reduction: Reduction, want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
             _launch(_bins_indices, values, kind, ignore, values, out5, idx5, bounds, outs)
         else:
-            identity = _identity(reduction, kdtype, values.dtype)
-            group = _group_size(x5)
-            _launch(_bins_select, values, kind, ignore, values, out5, bounds, outs, identity, group)
+            _launch(_bins_select, values, kind, ignore, values, out5, bounds, outs, _group_size(x5))
     else:
         out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
         divisor, group = _divisors(reduction, bins), _group_size(x5)
