@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def cases(draw):
     else:
         args = (draw(st.sampled_from([1.0, 2.0, 3.5, float("inf")])),)
         kwargs["mean"] = draw(st.booleans())
-    return op, x, args, kernel, kwargs, _chunkings(draw, shape)
+    return op, x, args, kernel, kwargs, _chunkings(draw, shape), draw(st.booleans())
 
 
 def _assert_matches(op, lazy, expected):
@@ -107,14 +108,14 @@ def _assert_matches(op, lazy, expected):
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_any_chunking_matches_the_in_memory_op(case):
-    op, x, args, kernel, kwargs, chunks = case
+    op, x, args, kernel, kwargs, chunks, ordered = case
     try:
         expected = IN_MEMORY[op](x, *args, kernel, **kwargs)
     except PoolingConfigError as err:
         with pytest.raises(PoolingConfigError, match=re.escape(str(err))):
-            LAZY[op](da.from_array(x, chunks=chunks), *args, kernel, **kwargs)
+            LAZY[op](da.from_array(x, chunks=chunks), *args, kernel, **kwargs, ordered=ordered)
         return
-    lazy = LAZY[op](da.from_array(x, chunks=chunks), *args, kernel, **kwargs)
+    lazy = LAZY[op](da.from_array(x, chunks=chunks), *args, kernel, **kwargs, ordered=ordered)
     with _scheduler("sync"):
         _assert_matches(op, lazy, expected)
 
@@ -123,33 +124,36 @@ def _scheduler(name):
     return dask.config.set(scheduler=name)
 
 
-def test_chunks_that_miss_the_stride_move_to_window_starts_and_short_chunks_merge():
+def test_output_chunks_hold_the_windows_that_end_in_each_input_chunk_and_short_chunks_merge():
     x = np.random.default_rng(1).standard_normal((1, 1, 21))
-    # Window starts (kernel 5, stride 3, padding 2) are -2, 1, 4, 7, 10, 13, 16: the chunk edges 5, 10
-    # and 11 move up to the starts 7, 10 and 13, so the input chunks become 7, 3, 3, 8 (each at least
-    # the halo of 5 - 3 = 2 cells) and the output chunks hold windows 0-2, 3, 4 and 5-6.
+    # Kernel 5, stride 3, padding 2: windows 0-6 span cells -2..2, 1..5, ..., 16..20. Window 0 ends before
+    # the chunk edge 5 and windows 0-2 before 10; the chunk 10..11 is shorter than the 4 cells a window
+    # reaches back and merges with the next one, which holds windows 3-6.
     lazy = pkd.max_pool(da.from_array(x, chunks=((1,), (1,), (5, 5, 1, 10))), 5, 3, 2)
-    assert lazy.chunks[2] == (3, 1, 1, 2)
+    assert lazy.chunks[2] == (1, 2, 4)
     with _scheduler("sync"):
         _assert_matches("max", lazy, pk.max_pool(x, 5, 3, 2))
-    # Chunks of one cell are shorter than the halo (kernel 4, stride 1: 3 cells): they merge.
+    # Chunks of one cell are shorter than the 3 cells a window of 4 reaches back: they merge into chunks of
+    # 4, 3, 3, 3, 3, 3 and 2 cells (the first 3 cells hold no window's last cell; the last chunk gives no halo).
     lazy = pkd.avg_pool(da.from_array(x, chunks=((1,), (1,), (1,) * 21)), 4, 1)
-    assert lazy.chunks[2] == (3, 3, 3, 3, 3, 3)
+    assert lazy.chunks[2] == (1, 3, 3, 3, 3, 3, 2)
     with _scheduler("sync"):
         _assert_matches("avg", lazy, pk.avg_pool(x, 4, 1))
 
 
-def test_aligned_chunks_keep_their_boundaries_and_building_computes_nothing():
+def test_chunks_are_kept_unless_too_short_and_building_computes_nothing():
     def refuse(block):
         raise AssertionError("building the graph computed a block")
 
     source = da.zeros((2, 3, 16, 12), chunks=(1, 3, 4, 6)).map_blocks(refuse, dtype=np.float64)
     assert pkd.avg_pool(source, 2).chunks == ((1, 1), (3,), (2, 2, 2, 2), (3, 3))
-    # padding="same" here is (1, 1) per axis: window o starts at o - 1, so input edge 4 is window 5's start.
+    # padding="same" here is (1, 1) per axis: window o ends at cell o + 1, so windows 0-2 end before edge 4.
     same = pkd.max_pool(source, 3, 1, "same")
-    assert same.chunks == ((1, 1), (3,), (5, 4, 4, 3), (7, 5))
-    assert not _rechunk_layers(same) and not _rechunk_layers(pkd.avg_pool(source, 2))
-    assert _rechunk_layers(pkd.max_pool(source, 3, 3))  # window starts 0, 3, 6, ...: edge 4 moves to 6
+    assert same.chunks == ((1, 1), (3,), (3, 4, 4, 5), (5, 7))
+    assert pkd.max_pool(source, 3, 3).chunks[2:] == ((1, 1, 2, 1), (2, 2))
+    for lazy in (same, pkd.avg_pool(source, 2), pkd.max_pool(source, 3, 3)):
+        assert not _rechunk_layers(lazy)
+    assert _rechunk_layers(pkd.max_pool(source, 6, 1))  # a window reaches back 5 cells, past a chunk of 4
 
 
 def _rechunk_layers(lazy) -> list[str]:
@@ -184,6 +188,7 @@ def _rechunk_layers(lazy) -> list[str]:
         ),
         (lambda: pkd.max_pool(da.zeros((1, 1, 4)), 2, nan="drop"), PoolingConfigError, r"nan='drop' is not an option"),
         (lambda: pkd.lp_pool(da.zeros((1, 1, 4)), -1, 2), PoolingConfigError, r"p=-1 is not allowed"),
+        (lambda: pkd.max_pool(da.zeros((1, 1, 4)), 2, ordered=1), PoolingTypeError, r"ordered=1 must be True or False"),
         (
             lambda: pkd.max_pool(da.zeros((1, 1, 8))[da.zeros(8)[None, None] > 1][None, None], 2),
             PoolingConfigError,
@@ -199,11 +204,61 @@ def test_errors(call, error, message):
 def test_a_chunk_smaller_than_the_halo_is_rechunked_not_refused():
     x = np.arange(40.0).reshape(1, 1, 40)
     lazy = pkd.max_pool(da.from_array(x, chunks=2), 9, 1, "same")
-    # The halo is 8 cells, so the input is rechunked to (8, 8, 8, 8, 8); with padding 4 on each side,
-    # window o starts at o - 4, and the output chunks hold windows 0-11, 12-19, 20-27, 28-35, 36-39.
-    assert lazy.chunks[2] == (12, 8, 8, 8, 4)
+    # A window reaches back 8 cells, so the input is rechunked to (8, 8, 8, 8, 8); with padding 4 on each
+    # side window o ends at cell o + 4, and the output chunks hold windows 0-3, 4-11, 12-19, 20-27, 28-39.
+    assert lazy.chunks[2] == (4, 8, 8, 8, 12)
     with _scheduler("sync"):
         _assert_matches("max", lazy, pk.max_pool(x, 9, 1, "same"))
+
+
+class _CountingStore:
+    """An on-disk array stand-in for ``da.from_array``: each read makes a new chunk, whose lifetime is counted."""
+
+    def __init__(self, shape):
+        self.shape, self.dtype, self.ndim = shape, np.dtype(np.float64), len(shape)
+        self.live = self.peak = self.reads = 0
+
+    def __getitem__(self, index):
+        chunk = np.ones(self.shape)[index]  # a view of a fresh array: the chunk lives as long as the view
+        if chunk.size:  # not Dask's probe for the result's type
+            self.reads += 1
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(chunk.base, self._release)
+        return chunk
+
+    def _release(self):
+        self.live -= 1
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+@pytest.mark.parametrize(
+    ("shape", "chunks", "args"),
+    [
+        ((1, 1, 128, 128), (1, 1, 8, 8), (3, 2, 1)),  # a 16 x 16 grid of chunks, halos along both axes
+        ((1, 1, 30, 30, 30), (1, 1, 5, 5, 5), (3, 1, 1)),  # a 6 x 6 x 6 grid
+        ((1, 1, 96), (1, 1, 8), (5, 1, 2)),  # 1-D: nothing to order
+    ],
+)
+def test_ordered_halos_keep_only_a_few_input_chunks_in_memory(scheduler, shape, chunks, args):
+    store = _CountingStore(shape)
+    lazy = pkd.max_pool(da.from_array(store, chunks=chunks), *args, ordered=True)
+    with dask.config.set(scheduler=scheduler, num_workers=2):
+        lazy.compute()
+    # A row of the 2-D grid is 16 chunks, a plane of the 3-D one 36. The synchronous scheduler runs the
+    # graph in Dask's order; each of two threads may read a chunk or two before its block can run.
+    assert store.live == 0 and store.peak <= (6 if scheduler == "sync" else 12), store.peak
+
+
+def test_a_partial_read_reads_only_the_chunks_it_needs_unless_ordered():
+    store = _CountingStore((1, 1, 64, 64))
+    source = da.from_array(store, chunks=(1, 1, 8, 8))
+    for ordered, reads in ((False, 4), (True, 64)):
+        store.reads = 0
+        with dask.config.set(scheduler="sync"):
+            pkd.max_pool(source, 3, 2, 1, ordered=ordered)[..., -1:, -1:].compute()
+        # The last window reads the last chunk and the tails of three before it; ordered, every block runs.
+        assert store.reads == reads
 
 
 @pytest.mark.parametrize("op", ["avg", "max"])

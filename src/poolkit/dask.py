@@ -9,14 +9,17 @@ sums of avg and Lp, whatever the chunking.
 How a chunked pool works, along one spatial axis (the geometry is read from a
 :class:`poolkit.Window` built on the whole array, never re-derived here):
 
-* the output windows are split into runs, one per output chunk, and the input
-  is rechunked so that input chunk ``j`` starts exactly where the first window
-  of run ``j`` starts (``Axis.starts``). A chunk boundary that does not fall on
-  a window start moves up to the next one; a chunk shorter than the halo is
-  merged into its neighbour;
-* each block then reads its own chunk plus a right halo of
-  ``dilation*(kernel-1) + 1 - stride`` cells from the next chunk
-  (``dask.array.map_overlap``; ``map_blocks`` when windows do not overlap);
+* output chunk ``j`` holds the windows whose last cell lies in input chunk
+  ``j`` (the last one also those that end in the right padding). A chunk
+  other than the last that is shorter than the cells a window reaches back
+  from its last cell (``dilation*(kernel-1)``), or a chunk that would hold no
+  window, is merged into the next one; otherwise the input's chunks are kept;
+* each block then reads its own chunk plus a left halo: the cells from the
+  start of its first window, copied from the end of the chunk before it (and
+  the corners of the chunks before it along two or more axes). No block reads
+  the chunk after it. With ``ordered=True`` the blocks also run in order
+  along the halo axes, so that a pass over an on-disk array holds a few
+  chunks per worker rather than rows of them (see ``_map_with_halos``);
 * the block is pooled by the in-memory op with the block's own padding
   where its windows hang over the array's edges (left padding, right padding,
   ceil-mode overhang). Where that padding is more than ``kernel // 2`` or
@@ -25,6 +28,12 @@ How a chunked pool works, along one spatial axis (the geometry is read from a
   window sums are divided by the counts of the whole-array ``Window``; either
   way edge windows count exactly the cells the in-memory op counts.
 
+For pyramid steps (kernel = stride) and 3x3 stride-2 padding-1 pooling on
+chunks that are multiples of the stride, the output chunks are the input's
+divided by the stride. Other geometries (stride 1 with ``padding="same"``,
+for one) make the first output chunk shorter than the rest; Zarr wants equal
+chunks, so rechunk before ``to_zarr`` (Dask does it, with a warning).
+
 The same code runs on the threaded scheduler, a ``distributed.LocalCluster``
 or a multi-machine cluster: whichever scheduler is active computes the graph.
 """
@@ -32,11 +41,14 @@ or a multi-machine cluster: whichever scheduler is active computes the graph.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from . import reducers
 from .errors import PoolingConfigError, PoolingTypeError
@@ -61,12 +73,13 @@ def max_pool(
     channels_last: bool = False,
     nan: str = "propagate",
     backend: str = "auto",
+    ordered: bool = False,
 ) -> da.Array:
     """Max pooling of a Dask array, lazily: :func:`poolkit.max_pool` chunk by chunk.
 
     ``y[n, c, o] = max_j x[n, c, o*s - pad_before + j*d]`` over the real cells
     of each window. Windows that cross chunk boundaries read a halo from the
-    next chunk; the values are identical to the in-memory op's for any
+    chunk before; the values are identical to the in-memory op's for any
     chunking.
 
     Parameters
@@ -77,17 +90,28 @@ def max_pool(
         As in :func:`poolkit.max_pool` (``padding="same"`` included).
         ``return_indices`` is not offered: a flat index into a larger-than-memory
         plane is rarely what a chunked pipeline wants.
+    ordered : bool
+        For a pass over a whole on-disk array (``to_zarr``, ``da.store``) with
+        windows that cross chunk edges along two or more axes: run the blocks
+        in order along those axes, so that each chunk is freed as soon as its
+        block is done and memory stays at a few chunks per worker thread
+        instead of one to two rows of chunks (a plane or more in 3-D) in
+        whatever order Dask picks. The cost: blocks
+        run in diagonal waves, and computing part of the result computes
+        every block before it, so leave it off for partial or interactive
+        reads. It changes no value.
 
     Returns
     -------
     dask.array.Array
         Lazy; ``.compute()`` (or ``.to_zarr(...)``) runs it. Its chunks along
-        the spatial axes follow the input's, moved to window boundaries.
+        the spatial axes follow the input's: output chunk ``j`` holds the
+        windows that end in input chunk ``j``.
 
     Raises
     ------
     PoolingTypeError
-        ``x`` is not a Dask array, or not of real numbers.
+        ``x`` is not a Dask array, or not of real numbers; ``ordered`` is not a bool.
     PoolingConfigError
         Any argument the in-memory op refuses, with the same message.
 
@@ -101,7 +125,7 @@ def max_pool(
              [13., 15.]]]])
     """
     geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    return _lazy_pool("max", x, geometry, dict(nan=nan), channels_last, backend)
+    return _lazy_pool("max", x, geometry, dict(nan=nan), channels_last, backend, ordered)
 
 
 def min_pool(
@@ -115,6 +139,7 @@ def min_pool(
     channels_last: bool = False,
     nan: str = "propagate",
     backend: str = "auto",
+    ordered: bool = False,
 ) -> da.Array:
     """Min pooling of a Dask array, lazily: :func:`poolkit.min_pool` chunk by chunk.
 
@@ -128,7 +153,7 @@ def min_pool(
     array([[[1., 2.]]])
     """
     geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    return _lazy_pool("min", x, geometry, dict(nan=nan), channels_last, backend)
+    return _lazy_pool("min", x, geometry, dict(nan=nan), channels_last, backend, ordered)
 
 
 def avg_pool(
@@ -143,6 +168,7 @@ def avg_pool(
     dilation: IntOrSeq = 1,
     channels_last: bool = False,
     backend: str = "auto",
+    ordered: bool = False,
 ) -> da.Array:
     """Average pooling of a Dask array, lazily: :func:`poolkit.avg_pool` chunk by chunk.
 
@@ -157,6 +183,8 @@ def avg_pool(
         ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
     kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation, channels_last, backend
         As in :func:`poolkit.avg_pool`.
+    ordered : bool
+        As in :func:`max_pool`.
 
     Returns
     -------
@@ -172,7 +200,7 @@ def avg_pool(
     """
     geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
     options = dict(count_include_pad=count_include_pad, divisor_override=divisor_override)
-    return _lazy_pool("avg", x, geometry, options, channels_last, backend)
+    return _lazy_pool("avg", x, geometry, options, channels_last, backend, ordered)
 
 
 def lp_pool(
@@ -187,6 +215,7 @@ def lp_pool(
     dilation: IntOrSeq = 1,
     channels_last: bool = False,
     backend: str = "auto",
+    ordered: bool = False,
 ) -> da.Array:
     """Lp pooling of a Dask array, lazily: :func:`poolkit.lp_pool` chunk by chunk.
 
@@ -200,6 +229,8 @@ def lp_pool(
         ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
     p, kernel_size, stride, padding, ceil_mode, mean, dilation, channels_last, backend
         As in :func:`poolkit.lp_pool`.
+    ordered : bool
+        As in :func:`max_pool`.
 
     Returns
     -------
@@ -214,7 +245,7 @@ def lp_pool(
     array([[[ 5., 12.]]])
     """
     geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
-    return _lazy_pool("lp", x, geometry, dict(p=p, mean=mean), channels_last, backend)
+    return _lazy_pool("lp", x, geometry, dict(p=p, mean=mean), channels_last, backend, ordered)
 
 
 def pool(x: da.Array, op: str, *args, **kwargs) -> da.Array:
@@ -330,10 +361,11 @@ def pyramid(
 # ------------------------------------------------------------------ the chunked pipeline
 
 
-def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, backend: str) -> da.Array:
+def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, backend: str, ordered: bool) -> da.Array:
     """The one pipeline behind every public function: check, plan the chunks, map the in-memory op."""
     name = f"poolkit.dask.{op}_pool"
     _check_dask(name, x)
+    check_flag("ordered", ordered)
     # A zero-strided stand-in (no memory) gets the in-memory checks of layout, rank and dtype.
     as_pool_input(np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape), None, channels_last, name)
     spatial = _spatial_axes(x.ndim, channels_last)
@@ -367,55 +399,134 @@ def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, b
         divisor=_divisor_rule(op, options),
         padded_divisor=op == "avg" and options["count_include_pad"] and options["divisor_override"] is None,
     )
-    kwargs = dict(chunks=tuple(out_chunks), dtype=probe.dtype, meta=probe[:0], token=f"{op}_pool")
-    depth = {axis: (0, plan.halo) for axis, plan in zip(spatial, plans)}
-    if not any(plan.halo for plan in plans):
-        return da.map_blocks(block, x, **kwargs)
-    return da.map_overlap(block, x, depth=depth, boundary="none", trim=False, allow_rechunk=False, **kwargs)
+    halos = {axis: plan.halo for axis, plan in zip(spatial, plans) if plan.halo}
+    if not halos:
+        return da.map_blocks(block, x, chunks=tuple(out_chunks), dtype=probe.dtype, meta=probe[:0], token=f"{op}_pool")
+    return _map_with_halos(block, x, halos, tuple(out_chunks), probe[:0], f"{op}_pool", ordered)
+
+
+def _map_with_halos(
+    block, x: da.Array, halos: dict[int, int], out_chunks: tuple, meta: np.ndarray, name: str, ordered: bool
+) -> da.Array:
+    """``block`` on every chunk of ``x`` extended by the last ``halos[axis]`` cells of the chunks before it.
+
+    Per chunk, two tasks: its tails (copies of its last cells along each set
+    of halo axes, for the chunks after it, so that they do not keep the chunk
+    alive) and its block (the chunk with the tails of the chunks before it
+    put in front).
+
+    Dask's order decides when a chunk is read, and a chunk read for its tails
+    before the blocks before its own have run stays in memory until its
+    block runs: with halos along two axes, Dask's orders hold one to two rows
+    of chunks. With ``ordered`` and halos along two or more axes, a third
+    task per chunk marks its block done, and a block waits for those of the
+    blocks before it along each halo axis: every order then runs the blocks
+    forwards, and only the chunks that idle workers read ahead are in memory
+    beside the running blocks. Along one halo axis a backward walk holds one
+    chunk more, so there is nothing to order.
+    """
+    token = tokenize(x, block, halos, ordered)
+    tails, done, out = f"poolkit-tails-{token}", f"poolkit-done-{token}", f"{name}-{token}"
+    axes = sorted(halos)
+    corners = [subset for size in range(1, len(axes) + 1) for subset in itertools.combinations(axes, size)]
+    chained = ordered and len(axes) > 1
+    graph: dict = {}
+    for index in itertools.product(*(range(n) for n in x.numblocks)):
+        chunk = (x.name, *index)
+        wanted = [all(index[axis] + 1 < x.numblocks[axis] for axis in subset) for subset in corners]
+        graph[(tails, *index)] = (_tails_of, chunk, corners, wanted, halos)
+        before, waits = [], []
+        for subset in corners:
+            shifted = tuple(i - 1 if axis in subset else i for axis, i in enumerate(index))
+            before.append((tails, *shifted) if min(shifted) >= 0 else None)
+            if chained and len(subset) == 1 and min(shifted) >= 0:
+                waits.append((done, *shifted))
+        graph[(out, *index)] = (_joined, block, chunk, before, waits, corners, halos, index)
+        if chained:
+            graph[(done, *index)] = (_done, (out, *index))
+    layer = HighLevelGraph.from_collections(out, graph, dependencies=[x])
+    return da.Array(layer, out, out_chunks, meta=meta)
+
+
+def _tails_of(chunk: np.ndarray, corners: list, wanted: list, halos: dict) -> list:
+    """Copies of the last ``halos[axis]`` cells of ``chunk`` along the axes of each subset in ``corners``
+    (None where no chunk after it along those axes reads them)."""
+    tails = []
+    for subset, needed in zip(corners, wanted):
+        cut = tuple(slice(-halos[axis], None) if axis in subset else slice(None) for axis in range(chunk.ndim))
+        tails.append(chunk[cut].copy() if needed else None)
+    return tails
+
+
+def _done(result: np.ndarray) -> None:
+    """The token that a block is done (see ``_map_with_halos``)."""
+    return None
+
+
+def _joined(block, chunk, before: list, after: list, corners: list, halos: dict, index: tuple) -> np.ndarray:
+    """``block`` of ``chunk`` with the tails of the chunks before it put in front (``after``, the blocks it
+    must run after, is not read)."""
+    widths = {axis: halos[axis] if index[axis] else 0 for axis in halos}
+    shape = tuple(size + widths.get(axis, 0) for axis, size in enumerate(chunk.shape))
+    joined = np.empty(shape, chunk.dtype)
+    joined[tuple(slice(widths.get(axis, 0), None) for axis in range(chunk.ndim))] = chunk
+    for number, (subset, tails) in enumerate(zip(corners, before)):
+        if tails is not None:
+            place = [slice(widths.get(axis, 0), None) for axis in range(chunk.ndim)]
+            for axis in subset:
+                place[axis] = slice(0, widths[axis])
+            joined[tuple(place)] = tails[number]
+    return block(joined, block_id=index)
 
 
 class _AxisPlan:
-    """How one spatial axis is split: window runs per output chunk, aligned input chunks, halo.
+    """How one spatial axis is split: window runs per output chunk, input chunks, left halo.
 
-    Output chunk ``j`` holds windows ``out_bounds[j] .. out_bounds[j+1]-1``;
-    input chunk ``j`` starts where the first of them starts (the first chunk at
-    0) and every input chunk is at least ``halo`` cells long.
+    Output chunk ``j`` holds the windows whose last cell lies in input chunk
+    ``j`` (``out_bounds[j] .. out_bounds[j+1]-1``; the last chunk also holds the
+    windows that end in the right padding). Block ``j`` reads its input chunk
+    and the last ``halo`` cells of the chunk before it, and nothing of the chunk
+    after it, so a block never waits for a chunk that is read later: on a
+    Dask array read from disk, each input chunk can be freed once its tails
+    are cut and its own block has run. Every input chunk but the last is at
+    least ``halo`` cells long.
     """
 
-    def __init__(self, axis: Axis, out_bounds: np.ndarray, halo: int):
+    def __init__(self, axis: Axis, in_bounds: Sequence[int], out_bounds: Sequence[int]):
         self.axis = axis
-        self.out_bounds = out_bounds
-        in_bounds = axis.starts[out_bounds[:-1]].copy()
-        in_bounds[0] = 0
+        self.in_bounds = np.array(in_bounds)
+        self.out_bounds = np.array(out_bounds)
         self.in_chunks = tuple(int(c) for c in np.diff([*in_bounds, axis.size]))
         self.out_chunks = tuple(int(c) for c in np.diff(out_bounds))
-        self.halo = halo if len(self.in_chunks) > 1 else 0  # one chunk has no neighbour to read
+        # How far before its chunk the first window of each block after the first starts.
+        reach = self.in_bounds[1:] - axis.starts[self.out_bounds[1:-1]]
+        self.halo = max(int(reach.max(initial=0)), 0)
 
     @classmethod
     def build(cls, axis: Axis, chunks: Sequence[int]) -> _AxisPlan:
-        halo = max(_span(axis) - axis.stride, 0)
+        tail = _span(axis) - 1  # from a window's first cell to its last
         edges = np.cumsum(chunks)[:-1]
-        # The first window starting at or after each chunk edge: ceil((edge + pad_before) / stride).
-        firsts = -(-(edges + axis.pad_before) // axis.stride)
-        firsts = firsts[(firsts > 0) & (firsts < axis.out_size)]
-        firsts = firsts[axis.starts[firsts] > 0]
-        bounds = [0]
-        for first in np.unique(firsts):
-            if axis.starts[first] - max(axis.starts[bounds[-1]], 0) >= max(halo, 1):
-                bounds.append(int(first))
-        while len(bounds) > 1 and axis.size - axis.starts[bounds[-1]] < halo:
-            bounds.pop()  # a last chunk shorter than the halo joins the one before
-        return cls(axis, np.array([*bounds, axis.out_size]), halo)
+        # Windows o whose last cell o*stride - pad_before + tail lies before each chunk edge.
+        firsts = np.maximum(-(-(edges + axis.pad_before - tail) // axis.stride), 0)
+        in_bounds, out_bounds = [0], [0]
+        for edge, first in zip(edges.tolist(), firsts.tolist()):
+            # A chunk shorter than a window's reach back from its last cell (the halo it may have to give the next
+            # block), or without a window, joins the next.
+            if edge - in_bounds[-1] >= max(tail, 1) and out_bounds[-1] < first < axis.out_size:
+                in_bounds.append(edge)
+                out_bounds.append(first)
+        return cls(axis, in_bounds, [*out_bounds, axis.out_size])
 
     def block(self, index: int) -> tuple[int, int, slice]:
-        """For block ``index``: its left padding, the cells its windows span, and its output windows."""
+        """For block ``index`` (its halo included): where its first window starts, the cells its windows span,
+        and its output windows."""
         first, stop = int(self.out_bounds[index]), int(self.out_bounds[index + 1])
-        pad_left = max(-int(self.axis.starts[first]), 0)
+        origin = int(self.in_bounds[index]) - (self.halo if index else 0)
         needed = (stop - first - 1) * self.axis.stride + _span(self.axis)
-        return pad_left, needed, slice(first, stop)
+        return int(self.axis.starts[first]) - origin, needed, slice(first, stop)
 
 
-def _pool_block(block, *, spatial, plans, pooled, options, summed, fill, divisor, padded_divisor, block_info=None):
+def _pool_block(block, *, spatial, plans, pooled, options, summed, fill, divisor, padded_divisor, block_id):
     """Pool one block (with its halo) into exactly the windows of its output chunk.
 
     Where a block's windows hang over the array's edges, the in-memory op pads
@@ -424,15 +535,14 @@ def _pool_block(block, *, spatial, plans, pooled, options, summed, fill, divisor
     reduction's identity and its window sums are divided by the whole array's
     counts.
     """
-    location = block_info[0]["chunk-location"]
     pads = [(0, 0)] * block.ndim
     keep = [slice(None)] * block.ndim
     windows = []
     direct = True
     for axis, plan in zip(spatial, plans):
-        pad_left, needed, out = plan.block(location[axis])
-        pads[axis] = (pad_left, max(needed - pad_left - block.shape[axis], 0))
-        keep[axis] = slice(0, needed - pad_left)
+        offset, needed, out = plan.block(block_id[axis])
+        pads[axis] = (max(-offset, 0), max(offset + needed - block.shape[axis], 0))
+        keep[axis] = slice(max(offset, 0), offset + needed)
         windows.append(out)
         direct &= max(pads[axis]) <= plan.axis.kernel // 2
         # count_include_pad: a ceil-mode window past the right padding counts fewer taps than its kernel.
