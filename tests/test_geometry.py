@@ -131,6 +131,7 @@ def test_cached_resolution_keeps_every_check():
 
     assert Window.build((8,), 2) is Window.build((8,), 2)
     assert Window.build((8,), np.int64(2)) == Window.build((8,), 2)  # checked, then an equal window
+    Window.build((8,), 1)  # cached: True == 1 must not find it
     with pytest.raises(PoolingTypeError, match=r"kernel_size=True must be an integer, got bool"):
         Window.build((8,), True)
     Window.build((8,), 2, ceil_mode=True)
@@ -141,12 +142,28 @@ def test_cached_resolution_keeps_every_check():
             Window.build((8,), 3, padding=2)
 
 
-def test_divisor_is_the_product_of_its_factors():
+def test_divisor_factors_count_each_windows_taps_along_each_axis():
     window = Window.build((7, 6, 5), (3, 2, 4), (2, 1, 3), ((1, 2), 1, 2), ceil_mode=True)
-    for args in ((True, None), (False, None), (True, 5)):
-        factors = window.divisor_factors(*args)
-        assert [f.shape for f in factors] == [(n,) for n in window.out_shape]
-        np.testing.assert_array_equal(np.einsum("i,j,k->ijk", *factors), window.divisor(*args))
+    for include_pad in (True, False):
+        for factor, axis in zip(window.divisor_factors(include_pad), window.axes):
+            low, high = (-axis.pad_before, axis.size + axis.pad_after) if include_pad else (0, axis.size)
+            # brute force: the taps of window o at o*stride - pad_before + j*dilation inside [low, high)
+            expected = [
+                sum(low <= o * axis.stride - axis.pad_before + j * axis.dilation < high for j in range(axis.kernel))
+                for o in range(axis.out_size)
+            ]
+            assert factor.dtype == np.float64 and factor.tolist() == expected
+    override = window.divisor_factors(True, 5)
+    first, *rest = window.out_shape
+    assert [f.tolist() for f in override] == [[5.0] * first, *([1.0] * n for n in rest)]
+    np.testing.assert_array_equal(window.divisor(True, 5), np.full(window.out_shape, 5.0))
+
+
+def test_bins_of_no_axis_are_refused():
+    from poolkit.geometry import Bins
+
+    with pytest.raises(PoolingConfigError, match=r"pooling needs at least one spatial axis; got an input with none"):
+        Bins.adaptive((), 1)
 
 
 def test_a_tap_that_reads_nothing_has_an_empty_input_slice():

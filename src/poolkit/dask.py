@@ -52,7 +52,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import reducers
 from .errors import PoolingConfigError, PoolingTypeError
-from .geometry import Axis, IntOrSeq, Padding, Window
+from .geometry import Axis, IntOrSeq, Padding, Window, _outer_product
 from .ops import pooling
 from .ops._common import as_pool_input, check_choice, check_flag
 
@@ -374,7 +374,7 @@ def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, b
     # The in-memory op on one window's worth of zeros checks the op's own options and names the result dtype.
     probe_shape = list(x.shape)
     for axis, ax in zip(spatial, window.axes):
-        probe_shape[axis] = _span(ax)
+        probe_shape[axis] = ax.span
     for axis in set(range(x.ndim)) - set(spatial):
         probe_shape[axis] = 1
     common = dict(kernel_size=kernel, stride=stride, dilation=dilation, channels_last=channels_last, backend=backend)
@@ -396,7 +396,7 @@ def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, b
         options=options,
         summed=summed,
         fill=_identity(op, options, x.dtype),
-        divisor=_divisor_rule(op, options),
+        divisor=_divisor_rule(op, options, window),
         padded_divisor=op == "avg" and options["count_include_pad"] and options["divisor_override"] is None,
     )
     halos = {axis: plan.halo for axis, plan in zip(spatial, plans) if plan.halo}
@@ -504,10 +504,9 @@ class _AxisPlan:
 
     @classmethod
     def build(cls, axis: Axis, chunks: Sequence[int]) -> _AxisPlan:
-        tail = _span(axis) - 1  # from a window's first cell to its last
+        tail = axis.span - 1  # from a window's first cell to its last
         edges = np.cumsum(chunks)[:-1]
-        # Windows o whose last cell o*stride - pad_before + tail lies before each chunk edge.
-        firsts = np.maximum(-(-(edges + axis.pad_before - tail) // axis.stride), 0)
+        firsts = np.searchsorted(axis.starts + tail, edges)  # the windows whose last cell lies before each edge
         in_bounds, out_bounds = [0], [0]
         for edge, first in zip(edges.tolist(), firsts.tolist()):
             # A chunk shorter than a window's reach back from its last cell (the halo it may have to give the next
@@ -522,7 +521,7 @@ class _AxisPlan:
         and its output windows."""
         first, stop = int(self.out_bounds[index]), int(self.out_bounds[index + 1])
         origin = int(self.in_bounds[index]) - (self.halo if index else 0)
-        needed = (stop - first - 1) * self.axis.stride + _span(self.axis)
+        needed = int(self.axis.starts[stop - 1] - self.axis.starts[first]) + self.axis.span
         return int(self.axis.starts[first]) - origin, needed, slice(first, stop)
 
 
@@ -554,7 +553,8 @@ def _pool_block(block, *, spatial, plans, pooled, options, summed, fill, divisor
     result = pooled(block, padding=0, **summed)
     if divisor is None:
         return result
-    scale = divisor(plans, windows)
+    factors, power = divisor
+    scale = _outer_product([factor[out] for factor, out in zip(factors, windows)]) ** power
     shape = [1] * result.ndim
     for axis, size in zip(spatial, scale.shape):
         shape[axis] = size
@@ -569,32 +569,14 @@ def _identity(op: str, options: dict, dtype: np.dtype):
     return reduction.identity(dtype)
 
 
-def _divisor_rule(op: str, options: dict):
-    """What a block's window sums are divided by (None: nothing), from the whole array's Window axes."""
+def _divisor_rule(op: str, options: dict, window: Window) -> tuple[tuple[np.ndarray, ...], float] | None:
+    """What the window sums of a summed block are divided by: the whole array's per-axis divisor factors
+    (:meth:`Window.divisor_factors`) and the power their product is raised to; None for no division."""
     if op == "avg":
-        counts = "padded_counts" if options["count_include_pad"] else "real_counts"
-        return functools.partial(_count_product, counts=counts, power=1.0, override=options["divisor_override"])
+        return window.divisor_factors(options["count_include_pad"], options["divisor_override"]), 1.0
     if op == "lp" and options["mean"]:
-        return functools.partial(_count_product, counts="real_counts", power=1.0 / float(options["p"]), override=None)
+        return window.divisor_factors(count_include_pad=False), 1.0 / float(options["p"])
     return None
-
-
-def _count_product(plans, windows, *, counts: str, power: float, override: int | None) -> np.ndarray:
-    """Per window: the product over axes of its cell count (``Axis.padded_counts``/``real_counts``), ``**power``.
-
-    With ``override`` every window gets that value instead (``divisor_override``).
-    """
-    if override is not None:
-        return np.full([out.stop - out.start for out in windows], float(override))
-    product = np.ones(())
-    for plan, out in zip(plans, windows):
-        product = np.multiply.outer(product, getattr(plan.axis, counts)[out].astype(np.float64))
-    return product**power
-
-
-def _span(axis: Axis) -> int:
-    """Cells one window covers from its first tap to its last."""
-    return axis.dilation * (axis.kernel - 1) + 1
 
 
 def _spatial_axes(ndim: int, channels_last: bool) -> tuple[int, ...]:

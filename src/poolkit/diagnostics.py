@@ -43,7 +43,7 @@ import numpy as np
 
 from .errors import PoolingConfigError, PoolingTypeError
 from .geometry import Axis, IntOrSeq, Padding, Window
-from .kernels import SLIDING_KERNEL
+from .kernels import is_sliding
 from .ops._common import check_choice, check_flag
 
 __all__ = ["diagnose", "Report", "Finding", "AxisCoverage"]
@@ -460,13 +460,9 @@ def _reads(axis: Axis) -> np.ndarray:
     return reads
 
 
-def _span(axis: Axis) -> int:
-    return axis.dilation * (axis.kernel - 1) + 1
-
-
 def _formula(axis: Axis) -> str:
     numerator = f"{axis.size} + {axis.pad_before} + {axis.pad_after} - {axis.dilation}*({axis.kernel} - 1) - 1"
-    value = (axis.size + axis.pad_before + axis.pad_after - _span(axis)) / axis.stride
+    value = (axis.size + axis.pad_before + axis.pad_after - axis.span) / axis.stride
     if not axis.ceil_mode:
         return f"floor(({numerator}) / {axis.stride}) + 1 = {math.floor(value) + 1}"
     text = f"ceil(({numerator}) / {axis.stride}) + 1"
@@ -566,7 +562,7 @@ def _axis_loss(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
     name = cov.name
     # the tail: cells the next window (which the output size leaves out) would read; the rest lie between windows
     offset = never - (axis.out_size * axis.stride - axis.pad_before)
-    in_tail = (offset >= 0) & (offset % axis.dilation == 0) & (offset < _span(axis))
+    in_tail = (offset >= 0) & (offset % axis.dilation == 0) & (offset < axis.span)
     tail, gaps = never[in_tail], never[~in_tail]
     found = []
     if tail.size:
@@ -574,7 +570,7 @@ def _axis_loss(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
         ceil_axis = _variant(axis, ceil_mode=True)
         if ceil_axis is not None and np.all(_reads(ceil_axis)[tail] > 0):
             options.append("use ceil_mode=True")
-        after = axis.out_size * axis.stride - axis.pad_before + _span(axis) - axis.size
+        after = axis.out_size * axis.stride - axis.pad_before + axis.span - axis.size
         padded = _variant(axis, padding=((axis.pad_before, after),))
         if padded is not None and np.all(_reads(padded)[tail] > 0):
             options.append(f"pad the {name} ({axis.pad_before}, {after}) (before, after)")
@@ -594,7 +590,7 @@ def _axis_loss(i: int, axis: Axis, cov: AxisCoverage) -> list[Finding]:
             )
         )
     if gaps.size:
-        span = _span(axis)
+        span = axis.span
         options = []
         if axis.stride > span:
             options.append(f"stride <= {span}")
@@ -642,12 +638,12 @@ def _padding_divisor(window: Window, op: str, count_include_pad: bool) -> list[F
 def _partial_ceil(i: int, axis: Axis, cov: AxisCoverage, op: str, count_include_pad: bool) -> list[Finding]:
     if not axis.ceil_mode:
         return []
-    floor_out = (axis.size + axis.pad_before + axis.pad_after - _span(axis)) // axis.stride + 1
+    floor_out = (axis.size + axis.pad_before + axis.pad_after - axis.span) // axis.stride + 1
     if axis.out_size <= floor_out:
         return []
     last = axis.out_size - 1
     start = int(axis.starts[last])
-    stop = start + _span(axis) - 1
+    stop = start + axis.span - 1
     past = stop - (axis.size - 1)
     beyond = stop - (axis.size - 1 + axis.pad_after)
     where = f"{past} cell(s) past the input" + (f", {beyond} past the padding" if beyond > 0 else "")
@@ -682,18 +678,13 @@ def _overlap(window: Window, coverage: tuple[AxisCoverage, ...]) -> list[Finding
         return []
     factor = math.prod(c.reads.sum() / np.count_nonzero(c.reads) for c in coverage)
     axes = ", ".join(
-        f"{coverage[i].name} (stride {window.axes[i].stride} < kernel span {_span(window.axes[i])})"
-        for i in overlapping
+        f"{coverage[i].name} (stride {window.axes[i].stride} < kernel span {window.axes[i].span})" for i in overlapping
     )
     message = (
         f"windows overlap on the {axes}: each read input cell is read {factor:.3g} times on average, "
         f"{factor:.3g}x the reads of a non-overlapping layer (stride = kernel_size)"
     )
-    sliding = [
-        coverage[i].name
-        for i, a in enumerate(window.axes)
-        if a.stride == 1 and a.dilation == 1 and a.kernel > SLIDING_KERNEL
-    ]
+    sliding = [coverage[i].name for i, a in enumerate(window.axes) if is_sliding(a)]
     if sliding:
         fix = (
             f"none needed for cost: on the {', '.join(sliding)} poolkit's kernels use van Herk / prefix sums, "
@@ -746,7 +737,7 @@ def _asymmetric(window: Window, coverage: tuple[AxisCoverage, ...], op: str) -> 
 def _divergence(window: Window, op: str) -> list[Finding]:
     found = []
     if window.ceil_mode:
-        floor = tuple((a.size + a.pad_before + a.pad_after - _span(a)) // a.stride + 1 for a in window.axes)
+        floor = tuple((a.size + a.pad_before + a.pad_after - a.span) // a.stride + 1 for a in window.axes)
         if floor != window.out_shape:
             found.append(
                 Finding(

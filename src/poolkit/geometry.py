@@ -63,7 +63,14 @@ class Tap:
 
     @property
     def in_slice(self) -> slice:
-        """The input cells this tap reads, in window order; empty when no window's tap lands in the input."""
+        """The input cells this tap reads, in window order; empty when no window's tap lands in the input.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> [tap.in_slice for tap in Window.build((7,), 4, 5, 2, 2).axes[0].taps]
+        [slice(3, 3, 5), slice(0, 1, 5), slice(2, 3, 5), slice(4, 5, 5)]
+        """
         count = self.out_stop - self.out_start
         stop = self.in_start + (count - 1) * self.stride + 1 if count else self.in_start
         return slice(self.in_start, stop, self.stride)
@@ -99,6 +106,18 @@ class Axis:
     pad_after: int
     ceil_mode: bool
     out_size: int
+
+    @property
+    def span(self) -> int:
+        """Cells one window covers from its first tap to its last: ``dilation * (kernel - 1) + 1``.
+
+        Examples
+        --------
+        >>> from poolkit import Window
+        >>> Window.build((9,), 3, dilation=2).axes[0].span
+        5
+        """
+        return self.dilation * (self.kernel - 1) + 1
 
     @property
     def is_identity(self) -> bool:
@@ -383,13 +402,27 @@ class Bins:
             axis's input size. Sizes larger than the input are allowed (bins
             then repeat cells, as in PyTorch).
 
+        Returns
+        -------
+        Bins
+            Bin ``i`` of an axis of length ``L`` pooled to ``O`` bins spans
+            ``floor(i*L/O)`` to ``ceil((i+1)*L/O)``. Arguments made only of ints,
+            None and tuples are resolved once and the same object is returned
+            again.
+
         Raises
         ------
         PoolingTypeError
             A size that is not an integer or None.
         PoolingConfigError
-            A size that is not positive, a sequence of the wrong length, or an
-            empty input axis.
+            A size that is not positive, a sequence of the wrong length, an
+            empty input axis, or no axis at all.
+
+        Examples
+        --------
+        >>> from poolkit.geometry import Bins
+        >>> Bins.adaptive((7,), 3).bounds
+        (((0, 3), (2, 5), (4, 7)),)
         """
         if _plain((in_shape, output_size)):
             return _resolve_bins_plain(in_shape, output_size)
@@ -417,6 +450,12 @@ class Bins:
 
         The signature matches :meth:`Window.divisor`, so a
         :class:`~poolkit.reducers.Reduction` reads either.
+
+        Examples
+        --------
+        >>> from poolkit.geometry import Bins
+        >>> Bins.adaptive((5,), 3).divisor()
+        array([2., 3., 2.])
         """
         return _outer_product(self.divisor_factors(count_include_pad, divisor_override))
 
@@ -469,6 +508,8 @@ def _resolve_bins(in_shape, output_size) -> Bins:
     """:meth:`Bins.adaptive`'s work: check the sizes, build (or fetch) the bins."""
     in_shape = tuple(_to_int("input size", s) for s in in_shape)
     rank = len(in_shape)
+    if rank == 0:
+        raise PoolingConfigError("pooling needs at least one spatial axis; got an input with none")
     output_size = _scalar(output_size)
     if _is_sequence(output_size):
         sizes = tuple(_scalar(v) for v in output_size)
@@ -555,6 +596,17 @@ def _plain(value) -> bool:
     if type(value) is tuple:
         return all(_plain(v) for v in value)
     return value is None or type(value) in (int, str)
+
+
+def _unpooled_shape(in_shape, kernel, strides, pads) -> tuple[int, ...]:
+    """The default spatial size of max unpooling (PyTorch's and ONNX's): ``(in - 1) * stride - pads + kernel``.
+
+    Examples
+    --------
+    >>> _unpooled_shape((3, 4), (2, 3), (2, 2), ((0, 0), (1, 1)))
+    (6, 7)
+    """
+    return tuple((n - 1) * s - before - after + k for n, k, s, (before, after) in zip(in_shape, kernel, strides, pads))
 
 
 def _to_int(name: str, value: object) -> int:

@@ -35,7 +35,7 @@ from onnx import helper
 from . import ops
 from .diagnostics import SEVERITIES, Finding, Report, diagnose
 from .errors import PoolingConfigError, PoolingTypeError, PoolkitError
-from .ops.unpool import unpooled_shape
+from .geometry import _unpooled_shape
 
 __all__ = ["POOL_OPS", "ModelLoadError", "pool_arguments", "run_node", "audit", "ModelAudit", "NodeAudit"]
 
@@ -238,7 +238,7 @@ def _max_unpool(x: np.ndarray, indices: np.ndarray, output_shape, window: dict) 
                 f"MaxUnpool output_shape={list(output_shape)} must be (N, C, ...) with N, C = {x.shape[:2]}"
             )
     if output_shape is None:
-        plane = math.prod(unpooled_shape(x.shape[2:], window["kernel_size"], window["stride"], window["padding"]))
+        plane = math.prod(_unpooled_shape(x.shape[2:], window["kernel_size"], window["stride"], window["padding"]))
     else:
         plane = math.prod(output_shape[2:])
     starts = np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape(x.shape[:2] + (1,) * (x.ndim - 2)) * plane

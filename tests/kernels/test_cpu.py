@@ -286,6 +286,19 @@ def test_environment_chooses_the_auto_backend(monkeypatch):
         pk.max_pool2d(np.ones((1, 1, 4, 4)), 2)
 
 
+def test_without_numba_auto_falls_back_to_numpy_and_numba_is_refused(monkeypatch):
+    from poolkit import kernels
+
+    monkeypatch.delenv("POOLKIT_BACKEND", raising=False)
+    monkeypatch.setattr(kernels, "_compiled", lambda: ImportError("No module named 'numba'"))
+    assert kernels.get_backend("auto") is kernels.numpy_ref
+    with pytest.raises(
+        pk.PoolingConfigError,
+        match=r"backend='numba' needs Numba, which does not import here \(No module named 'numba'\); install numba",
+    ):
+        kernels.get_backend("numba")
+
+
 REDUCTIONS = {
     "max": pk.reducers.max_reduction(),
     "min": pk.reducers.min_reduction(),
@@ -400,6 +413,20 @@ def test_large_planes_pooled_in_strips(shape, kernel, stride, padding, dilation,
     else:
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     # overlapping windows add into float32 dx here, in float64 in the reference
+    np.testing.assert_allclose(pull(dy), pull_ref(dy), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_one_input_plane_padded_into_two_output_planes_is_not_pooled_as_one_strip_plane(op):
+    """Depth 1 with padding along D gives two output planes: the strip path (one plane out) must not take it."""
+    x = np.random.default_rng(6).standard_normal((1, 1, 1, 300, 300)).astype(np.float32)
+    fn = getattr(pk, f"{op}_pool3d")
+    (y, pull), (y_ref, pull_ref) = (
+        pk.vjp(fn, x, (2, 3, 3), stride=1, padding=1, backend=backend) for backend in ("numba", "numpy")
+    )
+    assert y.shape == (1, 1, 2, 300, 300)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
     np.testing.assert_allclose(pull(dy), pull_ref(dy), rtol=1e-5, atol=1e-5)
 
 

@@ -161,6 +161,15 @@ def test_blur_pool_errors(kwargs, match):
         pk.blur_pool(np.ones((1, 1, 8, 8)), **kwargs)
 
 
+def test_blur_pool_refuses_a_missing_stride_and_an_empty_axis():
+    with pytest.raises(pk.PoolingTypeError, match=r"stride=None must be an integer"):
+        pk.blur_pool(np.ones((1, 1, 8, 8)), stride=None)
+    with pytest.raises(
+        pk.PoolingConfigError, match=r"blur_pool needs at least one cell along every spatial axis; spatial axis 0 has 0"
+    ):
+        pk.blur_pool(np.ones((1, 1, 0, 8)), padding_mode="zeros")
+
+
 def test_reflect_padding_needs_an_axis_longer_than_the_padding():
     with pytest.raises(
         pk.PoolingConfigError,

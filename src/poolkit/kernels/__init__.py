@@ -21,6 +21,20 @@ BACKENDS = ("auto", "numba", "numpy")
 SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps: van Herk / prefix sums in the Numba kernels
 
 
+def is_sliding(axis) -> bool:
+    """Whether the Numba kernels pool this :class:`~poolkit.geometry.Axis` at a cost that does not grow with
+    its kernel: stride 1, dilation 1 and more than ``SLIDING_KERNEL`` taps (van Herk / prefix sums).
+
+    Examples
+    --------
+    >>> from poolkit import Window
+    >>> from poolkit.kernels import is_sliding
+    >>> [is_sliding(a) for a in Window.build((32, 32), (13, 3), stride=1).axes]
+    [True, False]
+    """
+    return axis.stride == 1 and axis.dilation == 1 and axis.kernel > SLIDING_KERNEL
+
+
 def get_backend(name: str) -> ModuleType:
     """The kernel module for ``backend=name``.
 

@@ -40,7 +40,7 @@ from numba.extending import overload
 from ..errors import PoolingConfigError
 from ..geometry import Bins, Window
 from ..reducers import Reduction, gradient_dtype
-from . import SLIDING_KERNEL, numpy_ref
+from . import is_sliding, numpy_ref
 
 SUM, MAX, MIN = 0, 1, 2
 CELL_FLOAT, CELL_ABS, CELL_SQUARE, CELL_POWER = 1, 2, 3, 4
@@ -244,17 +244,16 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
     _height, width, inner = plane.shape
     oh, ow = geom[1, _OUT], geom[2, _OUT]
     per_strip = max(1, STRIP_CELLS // (max(ow, width // 2) * inner * geom[1, _STRIDE]))
-    strip_geom = np.empty(geom.shape[1], dtype=np.int64)
     strip_taps = np.empty((geom[1, _KERNEL], 3), dtype=np.int64)
     span = 0  # the most input rows a strip reads
     for first in range(0, oh, per_strip):
-        low, high = _strip(geom[1], taps[1], first, min(first + per_strip, oh), strip_geom, strip_taps)
+        low, high = _strip(geom[1], taps[1], first, min(first + per_strip, oh), strip_taps)
         span = max(span, high - low)
     buffer = np.empty(max(per_strip * width, span * ow) * inner, dtype=target.dtype)
     outputs = target.reshape(oh, ow, inner)
     for first in range(0, oh, per_strip):
         stop = min(first + per_strip, oh)
-        low, high = _strip(geom[1], taps[1], first, stop, strip_geom, strip_taps)
+        low, high = _strip(geom[1], taps[1], first, stop, strip_taps)
         if rows_last:
             along_h = buffer[: (stop - first) * width * inner].reshape(stop - first, width, inner)
             columns = plane[low:high].reshape(1, high - low, width * inner)
@@ -263,7 +262,7 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
                 ignore_nan,
                 columns,
                 along_h.reshape(1, stop - first, width * inner),
-                strip_geom,
+                geom[1],
                 strip_taps,
                 identity,
             )
@@ -277,40 +276,33 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
                 ignore_nan,
                 columns,
                 outputs[first:stop].reshape(1, stop - first, ow * inner),
-                strip_geom,
+                geom[1],
                 strip_taps,
                 identity,
             )
 
 
 @njit(nogil=True, cache=True)
-def _strip(axis, axis_taps, first, stop, strip_geom, strip_taps):
+def _strip(axis, axis_taps, first, stop, strip_taps):
     """Windows ``first .. stop-1`` of an axis as an axis of their own, over the input cells they read.
 
-    Fills ``strip_geom`` and ``strip_taps`` (the axis's geometry row and taps
-    restricted to these windows, positions counted from the strip's first
-    cell) and returns the range ``low, high`` of input cells the taps read.
+    Fills ``strip_taps`` (the axis's taps restricted to these windows,
+    positions counted from the strip's first cell) and returns the range
+    ``low, high`` of input cells the taps read. The axis's stride, kernel and
+    dilation are the strip's too.
     """
     stride = axis[_STRIDE]
     low, high = axis[_SIZE], 0
     for j in range(axis[_KERNEL]):
         out_first, out_stop = max(axis_taps[j, 0], first), min(axis_taps[j, 1], stop)
+        strip_taps[j, 0], strip_taps[j, 1], strip_taps[j, 2] = 0, 0, 0
         if out_first < out_stop:
             position = axis_taps[j, 2] + (out_first - axis_taps[j, 0]) * stride
             low, high = min(low, position), max(high, position + (out_stop - 1 - out_first) * stride + 1)
-    strip_geom[:] = axis
-    strip_geom[_SIZE], strip_geom[_START], strip_geom[_OUT] = (
-        high - low,
-        axis[_START] + first * stride - low,
-        stop - first,
-    )
-    for j in range(axis[_KERNEL]):
-        out_first, out_stop = max(axis_taps[j, 0], first), min(axis_taps[j, 1], stop)
-        if out_first < out_stop:
-            position = axis_taps[j, 2] + (out_first - axis_taps[j, 0]) * stride - low
             strip_taps[j, 0], strip_taps[j, 1], strip_taps[j, 2] = out_first - first, out_stop - first, position
-        else:
-            strip_taps[j, 0], strip_taps[j, 1], strip_taps[j, 2] = 0, 0, 0
+    for j in range(axis[_KERNEL]):
+        if strip_taps[j, 0] < strip_taps[j, 1]:
+            strip_taps[j, 2] -= low
     return low, high
 
 
@@ -329,7 +321,8 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
     rows_last = kind == SUM and inner == 1 and not geom[2, _SLIDING]
-    strips = depth == 1 and height * max(ow, width // 2) * inner > STRIP_CELLS  # a plane larger than one strip
+    # one plane in, one plane out (a D axis that pads out to more planes needs its own pass), larger than a strip
+    strips = depth == 1 and od == 1 and height * max(ow, width // 2) * inner > STRIP_CELLS
     if strips and not (geom[1, _IDENTITY] or geom[1, _SLIDING] or geom[2, _SLIDING]):
         _plane_strips(kind, ignore_nan, plane.reshape(height, width, inner), geom, taps, identity, target, rows_last)
         return
@@ -836,7 +829,7 @@ def _tables(window: Window) -> tuple[np.ndarray, np.ndarray]:
             geom[row] = (1, 1, 1, 1, 0, 1, 0, 1)
             taps[row, 0] = (0, 1, 0)
             continue
-        sliding = axis.stride == 1 and axis.dilation == 1 and axis.kernel > SLIDING_KERNEL
+        sliding = is_sliding(axis)
         geom[row] = (
             axis.size, axis.kernel, axis.stride, axis.dilation, axis.starts[0], axis.out_size, sliding, axis.is_identity
         )  # fmt: skip
@@ -910,8 +903,9 @@ def _identity(reduction: Reduction, kdtype: np.dtype, dtype: np.dtype) -> np.nda
 def _divisors(reduction: Reduction, geometry) -> np.ndarray:
     """The divisor factors of the embedded axes (D, H, W) as a ``(3, M)`` float64 table; empty when not divided.
 
-    Short per-axis vectors (:meth:`Window.divisor_factors`), not an
-    output-sized array: the kernels multiply a window's three factors.
+    Short per-axis vectors (:meth:`Window.divisor_factors`) rather than an
+    output-sized array for the whole call: each kernel call builds the scale of
+    one plane's windows from them (:func:`_scale`).
     """
     factors = reduction.divisor_factors_of(geometry)
     per_axis = () if factors is None else (np.ones(1),) * (3 - len(factors)) + factors

@@ -7,7 +7,9 @@ gradients) between that view and the user's layout.
 
 from __future__ import annotations
 
+import inspect
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,3 +202,39 @@ def check_positive_real(name: str, value: object, allow_inf: bool = False) -> fl
         allowed = "a positive number or float('inf')" if allow_inf else "a finite positive number"
         raise PoolingConfigError(f"{name}={value!r} is not allowed; use {allowed}")
     return number
+
+
+def binder(signature: inspect.Signature) -> Callable[[tuple, dict], dict]:
+    """``signature.bind(*args, **kwargs)`` with the defaults applied, as a dict, without its per-call cost.
+
+    A call that binds plainly (positional arguments in place, keywords known
+    and not repeated, none missing) is read directly; any other goes through
+    ``signature.bind`` for Python's own error.
+
+    Examples
+    --------
+    >>> import inspect
+    >>> from poolkit.ops._common import binder
+    >>> bind = binder(inspect.signature(lambda x, k, stride=None, *, nan="propagate": None))
+    >>> bind((1, 2), {"nan": "ignore"})
+    {'stride': None, 'nan': 'ignore', 'x': 1, 'k': 2}
+    """
+    params = signature.parameters
+    names = frozenset(params)
+    positional = tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+    defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
+
+    def bind(args: tuple, kwargs: dict) -> dict:
+        if (
+            len(args) <= len(positional)
+            and names.issuperset(kwargs)
+            and kwargs.keys().isdisjoint(positional[: len(args)])
+        ):
+            arguments = {**defaults, **dict(zip(positional, args)), **kwargs}
+            if len(arguments) == len(names):
+                return arguments
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    return bind

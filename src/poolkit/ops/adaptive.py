@@ -26,7 +26,7 @@ from .. import reducers
 from ..autodiff import checked_pullback, defvjp
 from ..geometry import Bins
 from ..kernels import get_backend
-from ._common import as_pool_input, check_flag, check_positive_real
+from ._common import as_pool_input, binder, check_flag, check_positive_real
 
 __all__ = [
     "global_max_pool", "global_avg_pool", "global_lp_pool",
@@ -336,12 +336,10 @@ def _gem_rule(x, p=3.0, eps=1e-6, output_size=1, *, channels_last=False, backend
 
 
 def _rule(function: Callable, name: str, reduction_of: Callable, rank: int | None = None) -> Callable:
-    signature = inspect.signature(function)
+    bind = binder(inspect.signature(function))
 
     def rule(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        params = dict(bound.arguments)
+        params = bind(args, kwargs)
         x = params.pop("x")
         reduction = reduction_of(params)
         return _bin_pool(name, x, reduction, rank=rank, with_pullback=True, **params)
@@ -351,14 +349,12 @@ def _rule(function: Callable, name: str, reduction_of: Callable, rank: int | Non
 
 def _fixed_rank(generic: Callable, reduction_of: Callable, rank: int) -> Callable:
     """The ``rank``-D version of an adaptive function: checks the rank and accepts unbatched input."""
-    signature = inspect.signature(generic)
+    bind = binder(inspect.signature(generic))
     name = f"{generic.__name__}{rank}d"
 
     @functools.wraps(generic)
     def fixed(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        params = dict(bound.arguments)
+        params = bind(args, kwargs)
         x = params.pop("x")
         return _bin_pool(generic.__name__, x, reduction_of(params), rank=rank, **params)
 

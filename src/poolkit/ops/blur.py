@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 from ..autodiff import checked_pullback, defvjp, vjp
 from ..errors import PoolingConfigError
-from ..geometry import Axis, IntOrSeq, Window, _to_int
+from ..geometry import Axis, IntOrSeq, Window, _per_axis, _to_int
 from ..reducers import gradient_dtype
 from ._common import as_pool_input, check_choice
 from .pooling import max_pool
@@ -139,12 +139,16 @@ class _BlurAxis:
     source: np.ndarray  # for each padded position, the input cell it copies; -1 for a zero
     axis: Axis  # size, stride, padding and output size, from the Window
 
+    @property
+    def reach(self) -> int:
+        """Padded cells from the first output's tap ``j`` to the last output's: ``stride * (out - 1) + 1``."""
+        return self.axis.stride * (self.axis.out_size - 1) + 1
+
     def forward(self, array: np.ndarray) -> np.ndarray:
         """Blur and subsample the last axis of ``array``."""
         padded = np.take(array, np.maximum(self.source, 0), axis=-1)
         padded[..., self.source < 0] = 0
-        stride = self.axis.stride
-        span = stride * (self.axis.out_size - 1) + 1
+        stride, span = self.axis.stride, self.reach
         result = self.taps[0] * padded[..., 0:span:stride]
         for j in range(1, len(self.taps)):
             result += self.taps[j] * padded[..., j : j + span : stride]
@@ -153,8 +157,7 @@ class _BlurAxis:
     def backward(self, grad: np.ndarray) -> np.ndarray:
         """The transpose of :meth:`forward`: spread each output over its taps, then fold the padding back."""
         padded = np.zeros((*grad.shape[:-1], len(self.source)), dtype=grad.dtype)
-        stride = self.axis.stride
-        span = stride * (self.axis.out_size - 1) + 1
+        stride, span = self.axis.stride, self.reach
         for j, weight in enumerate(self.taps):
             padded[..., j : j + span : stride] += weight * grad
         before, size = self.axis.pad_before, self.axis.size
@@ -189,6 +192,12 @@ def _blur_axes(spatial, stride, filter_size, padding_mode) -> list[_BlurAxis]:
     if not 1 <= size <= 7:
         raise PoolingConfigError(f"filter_size={filter_size!r} is not available; use a binomial filter of 1 to 7 taps")
     check_choice("padding_mode", padding_mode, PADDING_MODES)
+    strides = _per_axis("stride", stride, len(spatial))  # the Window would read None as the kernel
+    for axis, length in enumerate(spatial):
+        if length < 1:
+            raise PoolingConfigError(
+                f"blur_pool needs at least one cell along every spatial axis; spatial axis {axis} has {length}"
+            )
     if padding_mode == "reflect":
         for axis, length in enumerate(spatial):
             if length <= size // 2:
@@ -197,7 +206,7 @@ def _blur_axes(spatial, stride, filter_size, padding_mode) -> list[_BlurAxis]:
                     f"(filter_size={size}); it has {length}. Use padding_mode='replicate' or 'zeros', or a "
                     "smaller filter"
                 )
-    window = Window.build(spatial, size, stride, [((size - 1) // 2, size // 2)] * len(spatial))
+    window = Window.build(spatial, size, strides, [((size - 1) // 2, size // 2)] * len(spatial))
     return [_blur_axis(axis, padding_mode) for axis in window.axes]
 
 

@@ -26,7 +26,7 @@ from ..autodiff import checked_pullback, defvjp
 from ..errors import PoolingConfigError, PoolingTypeError
 from ..geometry import IntOrSeq, Padding, Window
 from ..kernels import get_backend
-from ._common import as_pool_input, check_choice, check_flag, check_positive_real
+from ._common import as_pool_input, binder, check_choice, check_flag, check_positive_real
 
 __all__ = [
     "max_pool", "max_pool1d", "max_pool2d", "max_pool3d",
@@ -341,36 +341,8 @@ def _pool(
     return result, checked_pullback(name, user_y, gradient)
 
 
-def _binder(signature: inspect.Signature) -> Callable[[tuple, dict], dict]:
-    """``signature.bind(*args, **kwargs)`` with the defaults applied, as a dict, without its per-call cost.
-
-    A call that binds plainly (positional arguments in place, keywords known
-    and not repeated, none missing) is read directly; any other goes through
-    ``signature.bind`` for Python's own error.
-    """
-    params = signature.parameters
-    names = frozenset(params)
-    positional = tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
-    defaults = {n: p.default for n, p in params.items() if p.default is not p.empty}
-
-    def bind(args: tuple, kwargs: dict) -> dict:
-        if (
-            len(args) <= len(positional)
-            and names.issuperset(kwargs)
-            and kwargs.keys().isdisjoint(positional[: len(args)])
-        ):
-            arguments = {**defaults, **dict(zip(positional, args)), **kwargs}
-            if len(arguments) == len(names):
-                return arguments
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
-
-    return bind
-
-
 def _vjp_rule(op: str, rank: int | None, signature: inspect.Signature) -> Callable:
-    bind = _binder(signature)
+    bind = binder(signature)
 
     def rule(*args, **kwargs):
         return _pool(op, rank=rank, with_pullback=True, **bind(args, kwargs))
@@ -393,7 +365,7 @@ def _fixed_rank(generic: Callable, op: str, rank: int) -> Callable:
     """The ``rank``-D version of ``generic``: checks the rank and accepts unbatched input."""
     signature = inspect.signature(generic)
     name = f"{generic.__name__}{rank}d"
-    bind = _binder(signature)
+    bind = binder(signature)
 
     @functools.wraps(generic)
     def fixed(*args, **kwargs):

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 from .. import reducers
 from ..autodiff import checked_pullback, defvjp
 from ..errors import PoolingConfigError, PoolingTypeError
-from ..geometry import IntOrSeq, _per_axis, _resolve_padding, _to_int
+from ..geometry import IntOrSeq, _per_axis, _resolve_padding, _to_int, _unpooled_shape
 from ._common import as_array, as_pool_input
 
 __all__ = ["max_unpool", "max_unpool1d", "max_unpool2d", "max_unpool3d"]
@@ -219,18 +219,6 @@ def _unpool(
     return user_y, checked_pullback(name, user_y, gradient)
 
 
-def unpooled_shape(in_shape, kernel, strides, pads) -> tuple[int, ...]:
-    """The default spatial size of max unpooling (PyTorch's and ONNX's): ``(in - 1) * stride - pads + kernel``.
-
-    Examples
-    --------
-    >>> from poolkit.ops.unpool import unpooled_shape
-    >>> unpooled_shape((3, 4), (2, 3), (2, 2), ((0, 0), (1, 1)))
-    (6, 7)
-    """
-    return tuple((n - 1) * s - before - after + k for n, k, s, (before, after) in zip(in_shape, kernel, strides, pads))
-
-
 def _output_shape(name, array, layout, kernel_size, stride, padding, output_size) -> tuple[int, ...]:
     """The spatial output shape: PyTorch's default, or ``output_size`` checked against it."""
     in_shape = array.shape[2:]
@@ -243,7 +231,7 @@ def _output_shape(name, array, layout, kernel_size, stride, padding, output_size
             "reports for the max pool"
         )
     pads = _resolve_padding(padding, in_shape, kernel, strides, (1,) * rank)
-    default = unpooled_shape(in_shape, kernel, strides, pads)
+    default = _unpooled_shape(in_shape, kernel, strides, pads)
     if output_size is None:
         out_shape = default
     else:
