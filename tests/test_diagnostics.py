@@ -191,7 +191,7 @@ def test_overlap_cost_and_sliding_windows():
     assert finding.fix.startswith("none needed if the overlap is intended")
     large = pk.diagnose((1, 1, 32, 32), "max", 9, 1, 4)
     overlap = next(f for f in large.findings if f.code == "overlap-cost")
-    assert "rows, columns poolkit's kernels use van Herk / prefix sums" in overlap.fix
+    assert "rows, columns poolkit's kernels combine blocks of 1, 2, 4, ... cells" in overlap.fix
 
 
 def test_asymmetric_padding_and_its_pytorch_spelling():

@@ -687,8 +687,8 @@ def _overlap(window: Window, coverage: tuple[AxisCoverage, ...]) -> list[Finding
     sliding = [coverage[i].name for i, a in enumerate(window.axes) if is_sliding(a)]
     if sliding:
         fix = (
-            f"none needed for cost: on the {', '.join(sliding)} poolkit's kernels use van Herk / prefix sums, "
-            "whose cost per cell does not grow with the window"
+            f"none needed for cost: on the {', '.join(sliding)} poolkit's kernels combine blocks of 1, 2, 4, ... "
+            "cells, so the cost per cell grows with log2 of the window, not with the window"
         )
     else:
         fix = "none needed if the overlap is intended; stride = kernel_size reads every cell once"

@@ -26,7 +26,7 @@ DTYPES = ["float64", "float32", "float16", "int8", "uint8", "int32", "int64", "b
 @st.composite
 def cases(draw):
     rank = draw(st.integers(1, 3))
-    sliding = draw(st.booleans())  # stride-1 windows long enough for van Herk / prefix sums
+    sliding = draw(st.booleans())  # stride-1 windows long enough for the doubling blocks
     if sliding:
         kernel = tuple(draw(st.integers(1, 9)) for _ in range(rank))
         stride = 1
@@ -193,7 +193,7 @@ def test_averages_divide_like_the_reference_and_torch():
 
 
 def test_sliding_sums_of_negative_zeros_are_positive_zero():
-    """A direct sum starts from +0.0, so a window of -0.0 sums to +0.0; the van Herk blocks must agree."""
+    """A direct sum starts from +0.0, so a window of -0.0 sums to +0.0; the doubling blocks must agree."""
     x = np.full((1, 1, 6), -0.0)
     for kernel in (3, 5):
         assert not np.signbit(pk.avg_pool(x, kernel, 1, backend="numba")).any()
@@ -232,6 +232,58 @@ def test_concurrent_calls_from_python_threads():
     assert not errors
     for got, want in zip(results, expected):
         np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.integers(2, 6), st.sampled_from(["max", "min", "argmax", "avg", "lp"]))
+def test_bands_of_rows_give_the_results_of_one_thread(case, threads, op):
+    """Fewer planes than threads: each plane is cut into bands of output rows, with the same bits as one thread."""
+    base = case["x"][:1, :2]
+    x, channels_last = _arrange(base, case["layout"])
+    fn = {
+        "max": pk.max_pool,
+        "min": pk.min_pool,
+        "argmax": lambda data, *args, **kw: pk.max_pool(data, *args, return_indices=True, **kw),
+        "avg": pk.avg_pool,
+        "lp": lambda data, *args, **kw: pk.lp_pool(data, 3.0, *args, **kw),
+    }[op]
+    params = dict(_geometry(case), channels_last=channels_last, backend="numba")
+    if op == "avg":
+        params.pop("dilation")
+    banded, real_bands = [], cpu._bands
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "SERIAL_CELLS", 0)
+        patch.setenv("POOLKIT_NUM_THREADS", "1")
+        try:
+            want = fn(x, case["kernel"], **params)
+        except pk.PoolingConfigError:
+            return
+        patch.setattr(cpu, "_bands", lambda *args: banded.append(len(real_bands(*args))) or real_bands(*args))
+        patch.setenv("POOLKIT_NUM_THREADS", str(threads))
+        got = fn(x, case["kernel"], **params)
+    got_parts, want_parts = (r if isinstance(r, tuple) else (r,) for r in (got, want))
+    for got_part, want_part in zip(got_parts, want_parts, strict=True):  # values, and indices for argmax
+        np.testing.assert_array_equal(got_part, want_part)
+    planes = base.shape[0] if channels_last else base.shape[0] * base.shape[1]
+    if not 0 < planes < threads:
+        assert banded == []
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 2, 5, 40, 9), (1, 1, 90)])
+def test_a_plane_is_pooled_in_bands_by_every_thread(monkeypatch, channels_last, shape):
+    """Fewer planes than four threads: each plane's output rows (first spatial axis) are cut into bands, a call each."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    if channels_last:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+    want = pk.avg_pool(x, 3, stride=2, padding=1, backend="numpy")
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "4")
+    calls = []
+    real_run = cpu._run
+    monkeypatch.setattr(cpu, "_run", lambda work: calls.append(sum(map(len, work))) or real_run(work))
+    np.testing.assert_allclose(pk.avg_pool(x, 3, stride=2, padding=1), want, rtol=1e-6, atol=1e-6)
+    planes = 1 if channels_last else shape[1]
+    assert calls[0] == planes * min(-(-4 // planes), want.shape[2])
 
 
 def test_thread_count_follows_environment(monkeypatch):

@@ -18,12 +18,12 @@ from ..errors import PoolingConfigError
 from . import numpy_ref
 
 BACKENDS = ("auto", "numba", "numpy")
-SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps: van Herk / prefix sums in the Numba kernels
+SLIDING_KERNEL = 4  # stride-1, dilation-1 windows of more taps: doubling blocks in the Numba kernels
 
 
 def is_sliding(axis) -> bool:
-    """Whether the Numba kernels pool this :class:`~poolkit.geometry.Axis` at a cost that does not grow with
-    its kernel: stride 1, dilation 1 and more than ``SLIDING_KERNEL`` taps (van Herk / prefix sums).
+    """Whether the Numba kernels pool this :class:`~poolkit.geometry.Axis` at a cost that grows with the log of
+    its kernel: stride 1, dilation 1 and more than ``SLIDING_KERNEL`` taps (combines of 1, 2, 4, ... cells).
 
     Examples
     --------

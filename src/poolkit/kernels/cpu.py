@@ -7,16 +7,20 @@ missing spatial axes having size 1 and a trivial window. Inputs of more
 spatial axes go to the reference kernels.
 
 Values are pooled separably, one spatial axis at a time, W then H then D, on
-one ``b`` (an ``(n, c)`` plane, or one channels-last image) at a time so that
-the intermediates stay in cache. Each axis pass takes lines ``(A, L, I)`` to
-``(A, out, I)`` and runs its innermost loop over the unit-stride ``I`` axis
-(or along the line when ``I == 1``), so LLVM can vectorise it:
+one ``b`` (an ``(n, c)`` plane, or one channels-last image) at a time, large
+2-D planes a strip of output rows at a time, so that the intermediates stay
+in cache. Each axis pass takes lines ``(A, L, I)`` to ``(A, out, I)`` and runs
+its innermost loop over the unit-stride ``I`` axis (or along the line when
+``I == 1``), so LLVM can vectorise it:
 
 * direct scan for small windows: for each tap, combine a strided slice;
-* for stride-1, dilation-1 windows of more than ``SLIDING_KERNEL`` taps, a cost
-  per element that does not grow with the window: van Herk / Gil-Werman
-  (block prefix and suffix maxima, about 3 comparisons per element) for
-  max/min, prefix sums in float64 for sums.
+* for stride-1, dilation-1 windows of more than ``SLIDING_KERNEL`` taps,
+  doubling (:func:`_sliding_pass`): combines of 1, 2, 4, ... cells, each a
+  vectorised pass, so the cost per element grows with ``log2(kernel)``
+  rather than with the kernel.
+
+Threads take planes; when there are fewer planes than threads, each plane is
+cut into bands of output rows as well (:func:`_launch_window`).
 
 Separable max is exact, values only: a window's maximum (or NaN) does not
 depend on the order cells are combined in. The indices kernel scans each
@@ -28,6 +32,7 @@ the inner loops costs nothing, as LLVM hoists the switch.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -87,17 +92,7 @@ def _line_pass(kind, ignore_nan, src, dst, geom, taps, identity):
     out, stride = dst.shape[1], geom[_STRIDE]
     if inner == 1:  # the line itself is the unit-stride axis
         rows, targets = src.reshape(lines, length), dst.reshape(lines, out)
-        for a in range(lines):
-            row, target = rows[a], targets[a]
-            target[:] = identity
-            for j in range(geom[_KERNEL]):
-                first, pos = taps[j, 0], taps[j, 2] - taps[j, 0] * stride
-                if stride == 2:  # a literal stride lets LLVM use interleaved loads
-                    for o in range(first, taps[j, 1]):
-                        target[o] = _combine(kind, ignore_nan, target[o], row[pos + 2 * o])
-                else:
-                    for o in range(first, taps[j, 1]):
-                        target[o] = _combine(kind, ignore_nan, target[o], row[pos + o * stride])
+        _tap_rows(kind, ignore_nan, rows, targets, taps, geom[_KERNEL], stride, identity)
         return
     for a in range(lines):
         for o in range(out):
@@ -111,59 +106,113 @@ def _line_pass(kind, ignore_nan, src, dst, geom, taps, identity):
 
 
 @njit(nogil=True, cache=True)
+def _tap_rows(kind, ignore_nan, rows, targets, taps, kernel, stride, identity):
+    """``targets[a, o] = combine over taps j of rows[a, taps[j, 2] + (o - taps[j, 0]) * stride]``.
+
+    Tap by tap over each row, in tap order (the scan order). A kernel of its
+    own (LLVM does not vectorise these loops inside :func:`_line_pass`), with
+    unsigned offsets into the flat arrays (no negative-index test in the
+    loop): stride-1 selects run five to eight times faster than the same
+    loops inline with signed indices.
+    """
+    length, out = rows.shape[1], targets.shape[1]
+    src, dst = rows.reshape(-1), targets.reshape(-1)
+    step = np.uint64(stride)
+    for a in range(rows.shape[0]):
+        base = np.uint64(a * out)
+        for o in range(np.uint64(out)):
+            dst[base + o] = identity
+        for j in range(kernel):
+            at, into = np.uint64(a * length + taps[j, 2]), base + np.uint64(taps[j, 0])
+            if stride == 2:  # a literal stride lets LLVM use interleaved loads
+                for q in range(np.uint64(taps[j, 1] - taps[j, 0])):
+                    dst[into + q] = _combine(kind, ignore_nan, dst[into + q], src[at + np.uint64(2) * q])
+            else:
+                for q in range(np.uint64(taps[j, 1] - taps[j, 0])):
+                    dst[into + q] = _combine(kind, ignore_nan, dst[into + q], src[at + step * q])
+
+
+@njit(nogil=True, cache=True)
 def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
     """``dst[a, o] = combine(src[a, o + start : o + start + kernel])``, cells outside ``src`` being empty.
 
-    van Herk / Gil-Werman: cut the extended line into blocks of ``kernel``
-    cells, take running combines forward (``ahead``) and backward
-    (``behind``) within each block; a window is then one block suffix and one
-    block prefix, both inside it. About three combines per cell whatever the
-    kernel size, and no subtraction, so sums keep the accuracy (and the NaN
-    and infinity behaviour) of a direct sum.
+    By doubling: combines of 1, 2, 4, ... cells, each from two of the level
+    below. The line, with empty (identity) cells where windows reach past it,
+    is copied into a buffer ``m`` and raised level by level (into a second
+    buffer, then swapped): ``combine(m[e], m[e + 2**b])`` holds cells
+    ``e .. e + 2**(b+1) - 1``.
+    A select takes the two top-level blocks that cover the window, the first
+    one starting at the window and the second one ending with it: the
+    overlap changes no maximum, ties keep the earlier block's (so the first)
+    cell, and a NaN of the second block is the window's last. A sum adds the
+    disjoint blocks of the binary digits of ``kernel`` to a running total
+    that starts from the identity (so a window of ``-0.0`` sums to ``+0.0``,
+    as a direct sum does). Either way each pass is one unit-stride loop over
+    the buffer, vectorised, and a window's result depends only on its own
+    cells, not on where the line or the buffer starts. The cost is
+    ``floor(log2(kernel)) + 1`` passes for a select and up to twice that for
+    a sum. Lines with many lanes ``I`` go ``DOUBLING_CELLS // extent`` lanes
+    at a time, so the buffer stays in cache.
     """
     lines, length, inner = src.shape
     out = dst.shape[1]
-    extent = out + kernel - 1  # extended position e is input position e + start
-    ahead = np.empty((extent, inner), dtype=dst.dtype)
-    behind = np.empty((extent, inner), dtype=dst.dtype)
-    for a in range(lines):
-        offset = 0  # e % kernel, kept by counting: a division per cell would dominate
-        for e in range(extent):
-            p = e + start
-            inside = 0 <= p < length
-            if offset == 0:  # combined with the identity, so that a sum of -0.0 is +0.0 as in a direct sum
-                for i in range(inner):
-                    ahead[e, i] = _combine(kind, ignore_nan, identity, src[a, p, i]) if inside else identity
-            elif inside:
-                for i in range(inner):
-                    ahead[e, i] = _combine(kind, ignore_nan, ahead[e - 1, i], src[a, p, i])
-            else:
-                for i in range(inner):
-                    ahead[e, i] = ahead[e - 1, i]
-            offset = offset + 1 if offset + 1 < kernel else 0
-        offset = (extent - 1) % kernel
-        for e in range(extent - 1, -1, -1):
-            p = e + start
-            inside = 0 <= p < length
-            if offset == kernel - 1 or e == extent - 1:
-                for i in range(inner):
-                    behind[e, i] = _combine(kind, ignore_nan, identity, src[a, p, i]) if inside else identity
-            elif inside:
-                for i in range(inner):  # the earlier cell first, so that it keeps ties
-                    behind[e, i] = _combine(kind, ignore_nan, src[a, p, i], behind[e + 1, i])
-            else:
-                for i in range(inner):
-                    behind[e, i] = behind[e + 1, i]
-            offset = offset - 1 if offset > 0 else kernel - 1
-        offset = 0
-        for o in range(out):
-            if offset == 0:  # the window is exactly one block
-                for i in range(inner):
-                    dst[a, o, i] = behind[o, i]
-            else:
-                for i in range(inner):
-                    dst[a, o, i] = _combine(kind, ignore_nan, behind[o, i], ahead[o + kernel - 1, i])
-            offset = offset + 1 if offset + 1 < kernel else 0
+    extent = out + kernel - 1  # buffer position e of a line is input position e + start
+    block = max(1, min(inner, max(LANE_BLOCK, DOUBLING_CELLS // extent)))  # lanes at a time
+    group = max(1, DOUBLING_CELLS // (extent * block)) if block == inner else 1  # lines at a time
+    m, n = np.empty(group * extent * block, dtype=dst.dtype), np.empty(group * extent * block, dtype=dst.dtype)
+    total = np.empty(group * extent * block if kind == SUM else 0, dtype=dst.dtype)
+    top = 1
+    while top * 2 <= kernel:
+        top *= 2
+    low = min(max(0, -start), extent)  # buffer cells low .. high-1 are input cells, the others empty
+    high = max(low, min(extent, length - start))
+    cells, targets = src.reshape(-1), dst.reshape(-1)
+    for a in range(0, lines, group):
+        count = min(group, lines - a)
+        for first in range(0, inner, block):
+            width = min(block, inner - first)
+            span = extent * width
+            used = np.uint64(count * span)
+            for line in range(count):
+                at = line * span
+                m[at : at + low * width] = identity
+                m[at + high * width : at + span] = identity
+                origin = ((a + line) * length + low + start) * inner + first
+                _copy_runs(cells, origin, inner, m, at + low * width, width, high - low, width)
+            if kind == SUM:
+                total[:used] = identity
+            size, offset = 1, 0
+            while size <= kernel:  # a line's cells past extent - size at this level mix in the next line: unused
+                if kind == SUM and kernel & size:
+                    shift = np.uint64(offset * width)
+                    for q in range(used - shift):
+                        total[q] = total[q] + m[q + shift]
+                    offset += size
+                if size * 2 <= kernel:
+                    shift = np.uint64(size * width)
+                    for q in range(used - shift):
+                        n[q] = _combine(kind, ignore_nan, m[q], m[q + shift])
+                    m, n = n, m
+                size *= 2
+            if kind != SUM:  # the block that ends with each window, after the one that starts it
+                shift = np.uint64((kernel - top) * width)
+                for q in range(used - shift):
+                    n[q] = _combine(kind, ignore_nan, m[q], m[q + shift])
+                m, n = n, m
+            for line in range(count):
+                into = (a + line) * out * inner + first
+                _copy_runs(total if kind == SUM else m, line * span, width, targets, into, inner, out, width)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _copy_runs(src, src_at, src_step, dst, dst_at, dst_step, runs, width):
+    """Copy ``runs`` runs of ``width`` cells, ``src_step`` and ``dst_step`` apart (one loop where they touch)."""
+    if src_step == width and dst_step == width:
+        runs, width = 1, runs * width
+    for r in range(runs):
+        into, at = np.uint64(dst_at + r * dst_step), np.uint64(src_at + r * src_step)
+        for i in range(np.uint64(width)):
+            dst[into + i] = src[at + i]
 
 
 @njit(nogil=True, cache=True)
@@ -243,17 +292,18 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
     """
     _height, width, inner = plane.shape
     oh, ow = geom[1, _OUT], geom[2, _OUT]
-    per_strip = max(1, STRIP_CELLS // (max(ow, width // 2) * inner * geom[1, _STRIDE]))
-    strip_taps = np.empty((geom[1, _KERNEL], 3), dtype=np.int64)
+    reach = geom[1, _DILATION] * (geom[1, _KERNEL] - 1)  # rows a strip reads beyond its own: at most a third more
+    per_strip = max(1, STRIP_CELLS // (max(ow, width // 2) * inner * geom[1, _STRIDE]), 3 * reach)
+    strip_axis, strip_taps = np.empty(geom.shape[1], dtype=np.int64), np.empty((geom[1, _KERNEL], 3), dtype=np.int64)
     span = 0  # the most input rows a strip reads
     for first in range(0, oh, per_strip):
-        low, high = _strip(geom[1], taps[1], first, min(first + per_strip, oh), strip_taps)
+        low, high = _strip(geom[1], taps[1], first, min(first + per_strip, oh), strip_axis, strip_taps)
         span = max(span, high - low)
     buffer = np.empty(max(per_strip * width, span * ow) * inner, dtype=target.dtype)
     outputs = target.reshape(oh, ow, inner)
     for first in range(0, oh, per_strip):
         stop = min(first + per_strip, oh)
-        low, high = _strip(geom[1], taps[1], first, stop, strip_taps)
+        low, high = _strip(geom[1], taps[1], first, stop, strip_axis, strip_taps)
         if rows_last:
             along_h = buffer[: (stop - first) * width * inner].reshape(stop - first, width, inner)
             columns = plane[low:high].reshape(1, high - low, width * inner)
@@ -262,7 +312,7 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
                 ignore_nan,
                 columns,
                 along_h.reshape(1, stop - first, width * inner),
-                geom[1],
+                strip_axis,
                 strip_taps,
                 identity,
             )
@@ -276,18 +326,19 @@ def _plane_strips(kind, ignore_nan, plane, geom, taps, identity, target, rows_la
                 ignore_nan,
                 columns,
                 outputs[first:stop].reshape(1, stop - first, ow * inner),
-                geom[1],
+                strip_axis,
                 strip_taps,
                 identity,
             )
 
 
 @njit(nogil=True, cache=True)
-def _strip(axis, axis_taps, first, stop, strip_taps):
+def _strip(axis, axis_taps, first, stop, strip_axis, strip_taps):
     """Windows ``first .. stop-1`` of an axis as an axis of their own, over the input cells they read.
 
-    Fills ``strip_taps`` (the axis's taps restricted to these windows,
-    positions counted from the strip's first cell) and returns the range
+    Fills ``strip_axis`` (the axis's geometry row for these windows and
+    cells) and ``strip_taps`` (the axis's taps restricted to these windows,
+    positions counted from the strip's first cell), and returns the range
     ``low, high`` of input cells the taps read. The axis's stride, kernel and
     dilation are the strip's too.
     """
@@ -303,6 +354,9 @@ def _strip(axis, axis_taps, first, stop, strip_taps):
     for j in range(axis[_KERNEL]):
         if strip_taps[j, 0] < strip_taps[j, 1]:
             strip_taps[j, 2] -= low
+    strip_axis[:] = axis
+    strip_axis[_SIZE], strip_axis[_OUT] = high - low, stop - first
+    strip_axis[_START] = axis[_START] + first * stride - low
     return low, high
 
 
@@ -323,7 +377,7 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     rows_last = kind == SUM and inner == 1 and not geom[2, _SLIDING]
     # one plane in, one plane out (a D axis that pads out to more planes needs its own pass), larger than a strip
     strips = depth == 1 and od == 1 and height * max(ow, width // 2) * inner > STRIP_CELLS
-    if strips and not (geom[1, _IDENTITY] or geom[1, _SLIDING] or geom[2, _SLIDING]):
+    if strips and not geom[1, _IDENTITY]:
         _plane_strips(kind, ignore_nan, plane.reshape(height, width, inner), geom, taps, identity, target, rows_last)
         return
     if rows_last:
@@ -335,14 +389,7 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
         along_w = target.reshape(depth * height, ow, inner)
     else:
         along_w = np.empty((depth * height, ow, inner), dtype=target.dtype)
-    if inner == 1 and geom[2, _SLIDING]:
-        # van Herk runs along its line cell by cell; turn the rows into the unit-stride axis instead
-        flipped = np.ascontiguousarray(rows.reshape(depth * height, width).T).reshape(1, width, depth * height)
-        result = np.empty((1, ow, depth * height), dtype=target.dtype)
-        _line_pass(kind, ignore_nan, flipped, result, geom[2], taps[2], identity)
-        along_w.reshape(depth * height, ow)[:, :] = result.reshape(ow, depth * height).T
-    else:
-        _line_pass(kind, ignore_nan, rows, along_w, geom[2], taps[2], identity)
+    _line_pass(kind, ignore_nan, rows, along_w, geom[2], taps[2], identity)
     columns = along_w.reshape(depth, height, ow * inner)
     if skip_h:
         along_h = columns
@@ -355,58 +402,59 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
 
 
 @njit(nogil=True, cache=True)
-def _forward_direct(start, stop, kind, ignore_nan, x5, out5, geom, taps, identity, divisor):
+def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan, identity):
     """Pool ``x5[start:stop]`` (``x5`` is ``(B, D, H, W, I)``) in its own dtype; sums are then divided.
 
     Max and min of any dtype, and averages of float inputs (summed in their
-    float type, as PyTorch does; the window sums are direct or van Herk
+    float type, as PyTorch does; the window sums are direct or doubling
     blocks, never long running sums).
     """
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
-    scale = _scale(divisor, out5.shape[1], out5.shape[2], out5.shape[3]) if divisor.size else np.ones(0)
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         target = out5[b].reshape(-1)
         _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
         if divisor.size:
             windows = target.reshape(1, cells, inner)
-            _finish(windows, windows, scale, 1.0)
+            _finish(windows, windows, divisor, out5.shape[1:4], 1.0)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _scale(divisor, od, oh, ow):
-    """What each of the ``od * oh * ow`` windows is divided by: the product of its factors in ``divisor``.
+def _finish(windows, target, divisor, outs, root):
+    """``target = (windows / scale) ** (1/root)`` for windows ``(B, od*oh*ow, I)``: the finish step of a sum.
 
-    ``divisor`` is the ``(3, M)`` table of per-axis factors (D, H, W), or
-    empty for sums that are not divided (their scale is one, which changes
-    nothing).
+    ``outs`` is ``(od, oh, ow)``. A window's scale is the product of its
+    factors in ``divisor``, the ``(3, M)`` table of per-axis factors (D, H,
+    W), or one where ``divisor`` is empty (sums that are not divided). It is
+    formed as the loops go, never as an output-sized array. ``target`` may
+    be ``windows`` itself. One value per plane (global pooling) is finished
+    along the planes, in one vectorised loop.
     """
-    scale = np.ones(od * oh * ow)
-    if divisor.size:
-        for z in range(od):
-            for y in range(oh):
-                for x in range(ow):
-                    scale[(z * oh + y) * ow + x] = divisor[0, z] * divisor[1, y] * divisor[2, x]
-    return scale
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _finish(windows, target, scale, root):
-    """``target = (windows / scale) ** (1/root)`` for windows ``(B, F, I)``: the finish step of a sum.
-
-    ``target`` may be ``windows`` itself. One value per plane (global
-    pooling) is finished along the planes, in one vectorised loop.
-    """
-    planes, cells, inner = windows.shape
-    if cells * inner == 1:
+    planes, inner = windows.shape[0], windows.shape[2]
+    od, oh, ow = outs[0], outs[1], outs[2]
+    divided = divisor.size > 0
+    if od * oh * ow * inner == 1:
+        scale = divisor[0, 0] * divisor[1, 0] * divisor[2, 0] if divided else 1.0
         for b in range(planes):
-            target[b, 0, 0] = _rooted(windows[b, 0, 0] / scale[0], root)
+            target[b, 0, 0] = _rooted(windows[b, 0, 0] / scale, root)
         return
     for b in range(planes):
-        for f in range(cells):
-            for i in range(inner):
-                target[b, f, i] = _rooted(windows[b, f, i] / scale[f], root)
+        sums, results = windows[b].reshape(-1), target[b].reshape(-1)
+        for z in range(od):
+            for y in range(oh):
+                across = divisor[0, z] * divisor[1, y] if divided else 1.0
+                row = np.uint64((z * oh + y) * ow * inner)
+                if inner == 1:  # one loop along the row, vectorised
+                    for x in range(np.uint64(ow)):
+                        scale = across * divisor[2, x] if divided else 1.0
+                        results[row + x] = _rooted(sums[row + x] / scale, root)
+                    continue
+                for x in range(ow):
+                    scale = across * divisor[2, x] if divided else 1.0
+                    at = row + np.uint64(x * inner)
+                    for i in range(np.uint64(inner)):
+                        results[at + i] = _rooted(sums[at + i] / scale, root)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -420,22 +468,25 @@ def _rooted(v, root):
 
 
 @njit(nogil=True, cache=True)
-def _forward_sum(start, stop, cell, power, x5, out5, geom, taps, divisor, root):
+def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
-    scale = _scale(divisor, out5.shape[1], out5.shape[2], out5.shape[3])
     sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
-        _finish(sums, out5[b].reshape(1, cells, inner), scale, root)
+        _finish(sums, out5[b].reshape(1, cells, inner), divisor, out5.shape[1:4], root)
 
 
 @njit(nogil=True, cache=True)
-def _forward_indices(start, stop, kind, ignore_nan, x5, out5, idx5, geom, taps):
-    """Selects with indices: each window scanned in row-major order (first maximum, last NaN)."""
+def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, ignore_nan):
+    """Selects with indices: each window scanned in row-major order (first maximum, last NaN).
+
+    An index is ``origin`` plus the cell's row-major position in ``x5``'s
+    spatial axes: ``origin`` places a band of a plane (see :func:`_bands`).
+    """
     _planes, _depth, height, width, inner = x5.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     for b in range(start, stop):
@@ -460,7 +511,7 @@ def _forward_indices(start, stop, kind, ignore_nan, x5, out5, idx5, geom, taps):
                                     v = x5[b, z, y, x, i]
                                     if where < 0 or _takes(kind, ignore_nan, best, v):
                                         best = v
-                                        where = (z * height + y) * width + x
+                                        where = origin + (z * height + y) * width + x
                         out5[b, zo, yo, xo, i] = best
                         idx5[b, zo, yo, xo, i] = where
 
@@ -513,8 +564,10 @@ SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _l
 LANE_CELLS = 256  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
 LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
 STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
+DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
+LANE_BLOCK = 64  # ... but at least this many lanes, enough to fill the vector registers
 KEYED_RUN = 16  # float selects over runs of at least this many cells use integer keys (see _keyed_select_lines)
-# LANE_*, STRIP_CELLS and KEYED_RUN are read when a kernel compiles (and kept in its disk cache);
+# LANE_*, STRIP_CELLS, DOUBLING_CELLS and KEYED_RUN are read when a kernel compiles (and kept in its disk cache);
 # SERIAL_CELLS and GROUP_CELLS are read on every call.
 
 
@@ -744,7 +797,6 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
     """Sums of cell values over the bins of planes ``start:stop`` in float64, divided, to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
     cells = outs[0] * outs[1] * outs[2]
-    scale = _scale(divisor, outs[0], outs[1], outs[2])
     sums = np.empty((group, outs[0], outs[1], outs[2], inner), dtype=np.float64)
     values = np.empty((group if cell != CELL_FLOAT else 0, depth, height, width, inner), dtype=np.float64)
     for first in range(start, stop, group):
@@ -755,7 +807,8 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, sums[:count])
-        _finish(sums[:count].reshape(count, cells, inner), out5[first:last].reshape(count, cells, inner), scale, root)
+        finished = out5[first:last].reshape(count, cells, inner)
+        _finish(sums[:count].reshape(count, cells, inner), finished, divisor, outs, root)
 
 
 @njit(nogil=True, cache=True)
@@ -905,7 +958,7 @@ def _divisors(reduction: Reduction, geometry) -> np.ndarray:
 
     Short per-axis vectors (:meth:`Window.divisor_factors`) rather than an
     output-sized array for the whole call: each kernel call builds the scale of
-    one plane's windows from them (:func:`_scale`).
+    one plane's windows from them (:func:`_finish`).
     """
     factors = reduction.divisor_factors_of(geometry)
     per_axis = () if factors is None else (np.ones(1),) * (3 - len(factors)) + factors
@@ -939,7 +992,6 @@ def forward(
         return numpy_ref.forward(x, window, reduction, want_indices)
     channels_last, kdtype, x5, values = _kernel_input(x, reduction)
     out_shape = x.shape[:2] + window.out_shape
-    geom, taps = _tables(window)
     kind, ignore = _KINDS[reduction.kind], reduction.nan == "ignore"
     indices = None
     divisor = _divisors(reduction, window)
@@ -947,17 +999,17 @@ def forward(
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
-            _launch(_forward_indices, values, kind, ignore, values, out5, idx5, geom, taps)
+            _launch_window(_forward_indices, window, values, out5, kind, ignore, idx5=idx5)
         else:
             identity = _identity(reduction, kdtype, values.dtype)
-            _launch(_forward_direct, values, kind, ignore, values, out5, geom, taps, identity, divisor)
+            _launch_window(_forward_direct, window, values, out5, kind, ignore, identity, divisor=divisor)
     elif not reduction.absolute and kdtype.kind == "f":  # avg of floats: sums in the input's float type
         out, out5 = _empty_like_five(out_shape, kdtype, channels_last)
         identity = _identity(reduction, kdtype, kdtype)
-        _launch(_forward_direct, x5, SUM, False, x5, out5, geom, taps, identity, divisor)
+        _launch_window(_forward_direct, window, x5, out5, SUM, False, identity, divisor=divisor)
     else:
         out, out5, cell, root = _sum_output(x, reduction, out_shape, channels_last)
-        _launch(_forward_sum, x5, cell, reduction.power, x5, out5, geom, taps, divisor, root)
+        _launch_window(_forward_sum, window, x5, out5, cell, reduction.power, root, divisor=divisor)
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
@@ -1096,25 +1148,99 @@ def thread_count() -> int:
 def _launch(kernel, work: np.ndarray, *args) -> None:
     """Run ``kernel(start, stop, *args)`` over the planes of the five-axis ``work``, split across threads.
 
-    The kernels release the GIL, so the chunks run in parallel, and calls
-    from several Python threads at once are safe: each only writes its own
-    output. Work of fewer than ``SERIAL_CELLS`` cells runs on the calling
-    thread, where a hand-off to the pool would cost more than it saves.
+    Work of fewer than ``SERIAL_CELLS`` cells runs on the calling thread,
+    where a hand-off to the pool would cost more than it saves.
     """
-    planes, wanted = work.shape[0], thread_count()
-    threads = 1 if work.size < SERIAL_CELLS else min(wanted, planes)
+    planes = work.shape[0]
+    threads = 1 if work.size < SERIAL_CELLS else min(thread_count(), planes)
     if threads <= 1:
         kernel(0, planes, *args)
         return
-    chunks = [(planes * t // threads, planes * (t + 1) // threads) for t in range(threads)]
+    _run([[(kernel, (planes * t // threads, planes * (t + 1) // threads, *args))] for t in range(threads)])
+
+
+def _launch_window(kernel, window: Window, x5: np.ndarray, out5: np.ndarray, *args, divisor=None, idx5=None) -> None:
+    """Run a window kernel over ``x5`` into ``out5`` (and ``idx5``) across threads.
+
+    The kernel is called as ``kernel(start, stop, x5, out5, geom, taps,
+    [divisor], [idx5, origin], *args)``, the bracketed arguments when given.
+    Over planes when there are at least as many planes as threads; else each
+    plane is also cut into bands of output rows (:func:`_bands`), which the
+    threads share: each band pools the input rows its windows read into its
+    own output rows, with the window's tables restricted to them.
+    """
+    planes, threads = x5.shape[0], 1 if x5.size < SERIAL_CELLS else thread_count()
+    bands = _bands(window, -(-threads // planes)) if 0 < planes < threads else ()
+    if len(bands) < 2:
+        geom, taps = _tables(window)
+        extra = (() if divisor is None else (divisor,)) + (() if idx5 is None else (idx5, 0))
+        _launch(kernel, x5, x5, out5, geom, taps, *extra, *args)
+        return
+    calls = []
+    for b in range(planes):
+        for row, low, high, first, stop, geom, taps in bands:
+            before = (slice(b, b + 1),) + (slice(None),) * row
+            inside, outside = (*before, slice(low, high)), (*before, slice(first, stop))
+            extra = ()
+            if divisor is not None:
+                scale = divisor
+                if divisor.size:
+                    scale = divisor.copy()
+                    scale[row, : stop - first] = divisor[row, first:stop]
+                    scale.flags.writeable = False  # the type the kernel was compiled for
+                extra = (scale,)
+            if idx5 is not None:
+                extra += (idx5[outside], low * int(np.prod(x5.shape[2 + row : 4])))
+            calls.append((kernel, (0, 1, x5[inside], out5[outside], geom, taps, *extra, *args)))
+    _run([calls[t::threads] for t in range(min(threads, len(calls)))])
+
+
+@functools.lru_cache(maxsize=256)
+def _bands(window: Window, count: int) -> tuple[tuple, ...]:
+    """The window's output cut into at most ``count`` bands along its first embedded axis that is not one cell.
+
+    Each band is ``(row, low, high, first, stop, geom, taps)``: output cells
+    ``first:stop`` of embedded axis ``row`` (0, 1, 2 for D, H, W) read input
+    cells ``low:high`` of it, and ``geom``, ``taps`` are the window's tables
+    for that input and output (:func:`_strip`). The axes before ``row`` are
+    one cell in and out, so a band of a plane is contiguous. Empty when
+    there would be fewer than two bands.
+    """
+    geom, taps = _tables(window)
+    row = next((r for r in range(3) if geom[r, _SIZE] > 1 or geom[r, _OUT] > 1), 2)
+    out = int(geom[row, _OUT])
+    cuts = sorted({out * t // count for t in range(count)} | {out})
+    if len(cuts) < 3:
+        return ()
+    bands = []
+    for first, stop in itertools.pairwise(cuts):
+        band_geom, band_taps = geom.copy(), taps.copy()
+        low, high = _strip(geom[row], taps[row], first, stop, band_geom[row], band_taps[row])
+        band_geom.flags.writeable = band_taps.flags.writeable = False
+        bands.append((row, low, high, first, stop, band_geom, band_taps))
+    return tuple(bands)
+
+
+def _run(calls: list[list[tuple]]) -> None:
+    """Run each list of ``(kernel, args)`` calls on a thread of its own: the first on the calling thread.
+
+    The kernels release the GIL, so the lists run in parallel, and calls
+    from several Python threads at once are safe: each only writes its own
+    output.
+    """
+    if len(calls) == 1:
+        for kernel, args in calls[0]:
+            kernel(*args)
+        return
+    helpers = len(calls) - 1
     with _POOL_LOCK:  # submitted under the lock: no other call can shut this pool down in between
-        if not _POOL or _POOL[0]._max_workers < threads - 1:
+        if not _POOL or _POOL[0]._max_workers < helpers:
             if _POOL:
-                _POOL[0].shutdown(wait=False)  # running chunks finish; the old threads then exit
-            _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="poolkit")]
-        futures = [_POOL[0].submit(kernel, lo, hi, *args) for lo, hi in chunks[1:]]
+                _POOL[0].shutdown(wait=False)  # running calls finish; the old threads then exit
+            _POOL[:] = [ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="poolkit")]
+        futures = [_POOL[0].submit(_run, [work]) for work in calls[1:]]
     try:
-        kernel(*chunks[0], *args)  # the calling thread takes the first chunk
+        _run([calls[0]])
     finally:
         for future in futures:
             future.result()
