@@ -234,7 +234,7 @@ def test_concurrent_calls_from_python_threads():
         np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(), st.integers(2, 6), st.sampled_from(["max", "min", "argmax", "avg", "lp"]))
 def test_bands_of_rows_give_the_results_of_one_thread(case, threads, op):
     """Fewer planes than threads: each plane is cut into bands of output rows, with the same bits as one thread."""
