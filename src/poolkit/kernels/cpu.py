@@ -701,16 +701,28 @@ def _bins_line(kind, ignore_nan, src, dst, bounds):
 def _combine_lanes(kind, ignore_nan, src, dst, bounds):
     """``dst[a, o, i] = combine(src[a, bounds[o, 0] : bounds[o, 1], i])``: independent lanes ``i``, vectorised.
 
-    Called with literal flags, as :func:`_select_lines` is.
+    Called with literal flags, as :func:`_select_lines` is. Never in place:
+    each step writes the target row or a spare row, by turns and the target
+    last, from the other one. Written in place with flat unsigned offsets,
+    LLVM turns the select ``t[i] = v if c else t[i]`` into a masked store,
+    which this machine's AMD cores run several times slower than a plain
+    one (adaptive max 7x7 to 3x3 on 16x2048 planes: 2.1 ms, now 1.0 ms).
     """
+    length, out, inner = src.shape[1], dst.shape[1], src.shape[2]
+    cells, targets = src.reshape(-1), dst.reshape(-1)
+    spare = np.empty(inner, dtype=dst.dtype)
     for a in range(src.shape[0]):
-        for o in range(dst.shape[1]):
-            target = dst[a, o]
-            target[:] = src[a, bounds[o, 0]]  # bins are never empty; see _select_run
-            for p in range(bounds[o, 0] + 1, bounds[o, 1]):
-                row = src[a, p]
-                for i in range(src.shape[2]):
-                    target[i] = _combine(kind, ignore_nan, target[i], row[i])
+        for o in range(out):
+            into, first, stop = (a * out + o) * inner, bounds[o, 0], bounds[o, 1]  # never empty; see _select_run
+            head, head_at = (targets, into) if (stop - first) % 2 == 1 else (spare, 0)
+            _copy_runs(cells, (a * length + first) * inner, inner, head, head_at, inner, 1, inner)
+            for p in range(first + 1, stop):
+                last_turn = (stop - p) % 2 == 1
+                prior, prior_at = (spare, 0) if last_turn else (targets, into)
+                write, write_at = (targets, into) if last_turn else (spare, 0)
+                at, read, put = np.uint64((a * length + p) * inner), np.uint64(prior_at), np.uint64(write_at)
+                for i in range(np.uint64(inner)):
+                    write[put + i] = _combine(kind, ignore_nan, prior[read + i], cells[at + i])
 
 
 @njit(nogil=True, cache=True)
