@@ -433,6 +433,30 @@ def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
     np.testing.assert_array_equal(y.view(bits), expected.view(bits))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("kernel", "stride"), [(2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2), (3, 3), (4, 4), (2, 3), (4, 3)]
+)
+@pytest.mark.parametrize("op", [pk.max_pool2d, pk.min_pool2d, pk.avg_pool2d])
+def test_windows_of_adjacent_taps_agree_bit_for_bit(op, kernel, stride, channels_last):
+    """Fused windows (all taps in one loop), at the edges and inside, on rows and lanes: the scan's bits.
+
+    Signed zeros and NaNs of several payloads test the scan order of a select;
+    small integers make every sum exact, so averages must agree to the bit too.
+    Strides 3 with 2 or 4 taps go along rows by the tap loops.
+    """
+    rng = np.random.default_rng(kernel * 10 + stride)
+    nans = (np.array([np.nan] * 3, dtype=np.float32).view(np.int32) | np.arange(1, 4, dtype=np.int32)).view(np.float32)
+    choices = np.concatenate([[0.0, -0.0, 1.0, -1.0, 2.0, np.inf, -np.inf], nans]).astype(np.float32)
+    x = rng.choice(choices[:5] if op is pk.avg_pool2d else choices, size=(2, 3, 13, 29))
+    x = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
+    for padding, ceil_mode in [(0, False), (kernel // 2, False), (kernel // 2, True)]:
+        params = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, channels_last=channels_last)
+        fast = op(x, kernel, backend="numba", **params)
+        expected = op(x, kernel, backend="numpy", **params)
+        np.testing.assert_array_equal(fast.view(np.int32), expected.view(np.int32))
+
+
 @pytest.mark.parametrize(
     ("shape", "kernel", "stride", "padding", "dilation", "ceil_mode", "channels_last"),
     [

@@ -13,7 +13,10 @@ in cache. Each axis pass takes lines ``(A, L, I)`` to ``(A, out, I)`` and runs
 its innermost loop over the unit-stride ``I`` axis (or along the line when
 ``I == 1``), so LLVM can vectorise it:
 
-* direct scan for small windows: for each tap, combine a strided slice;
+* windows of 2 to ``FUSED_KERNEL`` adjacent taps (most strides): all the
+  taps of a window in one loop, each output written once
+  (:func:`_fused_pass`);
+* other small windows, a direct scan: for each tap, combine a strided slice;
 * for stride-1, dilation-1 windows of more than ``SLIDING_KERNEL`` taps,
   doubling (:func:`_sliding_pass`): combines of 1, 2, 4, ... cells, each a
   vectorised pass, so the cost per element grows with ``log2(kernel)``
@@ -90,6 +93,9 @@ def _line_pass(kind, ignore_nan, src, dst, geom, taps, identity):
         return
     lines, length, inner = src.shape
     out, stride = dst.shape[1], geom[_STRIDE]
+    if _fuses(geom, inner, ignore_nan):
+        _fused_line_pass(kind, src, dst, geom, taps, identity)
+        return
     if inner == 1:  # the line itself is the unit-stride axis
         rows, targets = src.reshape(lines, length), dst.reshape(lines, out)
         _tap_rows(kind, ignore_nan, rows, targets, taps, geom[_KERNEL], stride, identity)
@@ -130,6 +136,148 @@ def _tap_rows(kind, ignore_nan, rows, targets, taps, kernel, stride, identity):
             else:
                 for q in range(np.uint64(taps[j, 1] - taps[j, 0])):
                     dst[into + q] = _combine(kind, ignore_nan, dst[into + q], src[at + step * q])
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fuses(geom, inner, ignore_nan):
+    """Whether :func:`_fused_line_pass` takes an axis: 2 to ``FUSED_KERNEL`` adjacent taps and, along rows
+    (``inner == 1``), a stride and kernel it has a loop for: strides 1 and 2 with 2 or 3 taps, and windows
+    side by side (stride = kernel). Selects that skip NaNs keep the tap loops: they are rare, and each kind
+    compiles the fused loops once more (two seconds a dtype)."""
+    kernel, stride = geom[_KERNEL], geom[_STRIDE]
+    adjacent = geom[_DILATION] == 1 and 2 <= kernel <= FUSED_KERNEL and not ignore_nan
+    return adjacent and (inner > 1 or (stride <= 2 and kernel <= 3) or stride == kernel)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold(kind, cells, at, step, kernel, identity):
+    """``combine(identity, cells[at], cells[at + step], ...)`` over ``kernel`` cells, in that order (NaNs propagate)."""
+    acc = identity
+    for j in range(kernel):
+        acc = _combine(kind, False, acc, cells[at + np.uint64(j) * step])
+    return acc
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fused_row(kind, cells, at, targets, into, count, kernel, stride, identity):
+    """``targets[into + q] = fold(cells[at + stride*q :][:kernel])`` for ``q < count``; literal kernel and stride."""
+    first, put = np.uint64(at), np.uint64(into)
+    for q in range(np.uint64(count)):
+        targets[put + q] = _fold(kind, cells, first + np.uint64(stride) * q, np.uint64(1), kernel, identity)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fused_lanes(kind, cells, at, targets, into, inner, kernel, identity):
+    """``targets[into + i] = fold(cells[at + i], cells[at + inner + i], ...)`` over ``kernel`` rows; literal kernel."""
+    first, put, lanes = np.uint64(at), np.uint64(into), np.uint64(inner)
+    for i in range(lanes):
+        targets[put + i] = _fold(kind, cells, first + i, lanes, kernel, identity)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fused_line_pass(kind, src, dst, geom, taps, identity):
+    """:func:`_line_pass` for windows of a few adjacent taps (see :func:`_fuses`), by :func:`_fused_pass`."""
+    lines, length, inner = src.shape
+    out, kernel = dst.shape[1], geom[_KERNEL]
+    low, high = np.int64(0), out  # interior windows (np.int64: no literal type for the compiled tuple)
+    for j in range(kernel):
+        low, high = max(low, taps[j, 0]), min(high, taps[j, 1])
+    line = (lines, length, inner, out, low, max(low, high), kernel, geom[_STRIDE], geom[_START])
+    cells, targets = src.reshape(-1), dst.reshape(-1)
+    if kind == SUM:  # a literal kind (see _fused_pass)
+        _fused_pass(SUM, cells, targets, line, identity)
+    elif kind == MAX:
+        _fused_pass(MAX, cells, targets, line, identity)
+    else:
+        _fused_pass(MIN, cells, targets, line, identity)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _edge_windows(kind, cells, targets, line, a, first, stop, identity):
+    """Windows ``first .. stop-1`` of line ``a`` of :func:`_fused_pass`: the fold of their cells inside the line.
+
+    A window's taps are its cells ``start + o*stride + j``; those outside
+    the line (padding) are skipped, in tap order, as the direct scan does.
+    """
+    _lines, length, inner, out, _low, _high, kernel, stride, start = line
+    for o in range(first, stop):
+        for i in range(inner):
+            acc = identity
+            for j in range(kernel):
+                p = start + o * stride + j
+                if 0 <= p < length:
+                    acc = _combine(kind, False, acc, cells[(a * length + p) * inner + i])
+            targets[(a * out + o) * inner + i] = acc
+
+
+def _fused_pass(kind, cells, targets, line, identity):
+    """:func:`_fused_line_pass` on the flat lines ``cells`` into the flat ``targets``, line by line.
+
+    ``line`` is ``(lines, length, inner, out, low, high, kernel, stride,
+    start)``: windows ``low .. high-1`` of each line have every tap inside
+    it. Each of them combines its cells in one loop, reading each tap's
+    cell and writing the output once, rather than tap by tap into the
+    output (a read, a select and a store per tap, which LLVM makes a masked
+    store). The kernel is a literal in each loop and, along rows, so is the
+    stride, so that LLVM loads the cells of a stride of 2, or of windows side
+    by side, as whole vectors and shuffles them; across lanes the loop runs
+    along the lanes. The few other windows are folded one by one
+    (:func:`_edge_windows`) just before and after them, so that each line
+    is read in order: reading the ends of all lines first costs a cache
+    miss per line (twice the time on planes that come from memory). The
+    fold order is the direct scan's, so are the bits.
+
+    Compiled through the overload below for a literal ``kind``: with nine
+    loops in one function, LLVM no longer hoists a runtime kind's tests out
+    of them (twice the time of a max). Its arguments are flat arrays and
+    integers only, so that each dtype compiles it once per kind.
+    """
+    _fused_for(kind)(kind, cells, targets, line, identity)
+
+
+@overload(_fused_pass, prefer_literal=True, jit_options={"nogil": True})
+def _compile_fused_pass(kind, cells, targets, line, identity):
+    if isinstance(kind, types.IntegerLiteral):
+        return _fused_for(kind.literal_value)
+    return None  # no implementation: a call with a kind that is not a literal is a typing error
+
+
+@functools.cache
+def _fused_for(fixed_kind):
+    """The body of :func:`_fused_pass` with the constant ``fixed_kind`` for its kind."""
+
+    def fused(kind, cells, targets, line, identity):
+        lines, length, inner, out, low, high, kernel, stride, start = line
+        count = high - low
+        for a in range(lines):
+            _edge_windows(fixed_kind, cells, targets, line, a, 0, low, identity)
+            at, into = a * length + start + low * stride, a * out + low
+            if inner > 1:
+                for o in range(count):
+                    row, put = (at + o * stride) * inner, (into + o) * inner
+                    if kernel == 2:
+                        _fused_lanes(fixed_kind, cells, row, targets, put, inner, 2, identity)
+                    elif kernel == 3:
+                        _fused_lanes(fixed_kind, cells, row, targets, put, inner, 3, identity)
+                    else:
+                        _fused_lanes(fixed_kind, cells, row, targets, put, inner, 4, identity)
+            elif stride == 1:
+                if kernel == 2:
+                    _fused_row(fixed_kind, cells, at, targets, into, count, 2, 1, identity)
+                else:
+                    _fused_row(fixed_kind, cells, at, targets, into, count, 3, 1, identity)
+            elif stride == 2:
+                if kernel == 2:
+                    _fused_row(fixed_kind, cells, at, targets, into, count, 2, 2, identity)
+                else:
+                    _fused_row(fixed_kind, cells, at, targets, into, count, 3, 2, identity)
+            elif kernel == 3:
+                _fused_row(fixed_kind, cells, at, targets, into, count, 3, 3, identity)
+            else:
+                _fused_row(fixed_kind, cells, at, targets, into, count, 4, 4, identity)
+            _edge_windows(fixed_kind, cells, targets, line, a, high, out, identity)
+
+    return fused
 
 
 @njit(nogil=True, cache=True)
@@ -401,7 +549,7 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
         _line_pass(kind, ignore_nan, stacks, target.reshape(1, od, oh * ow * inner), geom[0], taps[0], identity)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
 def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan, identity):
     """Pool ``x5[start:stop]`` (``x5`` is ``(B, D, H, W, I)``) in its own dtype; sums are then divided.
 
@@ -411,13 +559,14 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     """
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
+    sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
-        target = out5[b].reshape(-1)
-        _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], target)
         if divisor.size:
-            windows = target.reshape(1, cells, inner)
-            _finish(windows, windows, divisor, out5.shape[1:4], 1.0)
+            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], sums.reshape(-1))
+            _finish(sums, out5[b].reshape(1, cells, inner), divisor, out5.shape[1:4], 1.0)
+        else:
+            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -427,9 +576,14 @@ def _finish(windows, target, divisor, outs, root):
     ``outs`` is ``(od, oh, ow)``. A window's scale is the product of its
     factors in ``divisor``, the ``(3, M)`` table of per-axis factors (D, H,
     W), or one where ``divisor`` is empty (sums that are not divided). It is
-    formed as the loops go, never as an output-sized array. ``target`` may
-    be ``windows`` itself. One value per plane (global pooling) is finished
-    along the planes, in one vectorised loop.
+    formed as the loops go, never as an output-sized array. ``target`` is
+    not ``windows``: LLVM does not vectorise a loop whose store may overlap
+    its loads. One value per plane (global pooling) is finished
+    along the planes, in one vectorised loop. Its callers compile with
+    NumPy's error model: under Python's, every division tests its divisor
+    for zero and raises, which keeps LLVM from vectorising the divisions
+    (twice the time). No scale is zero: each factor counts cells or is a
+    divisor override the Window has checked.
     """
     planes, inner = windows.shape[0], windows.shape[2]
     od, oh, ow = outs[0], outs[1], outs[2]
@@ -467,7 +621,7 @@ def _rooted(v, root):
     return v
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
 def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
@@ -566,9 +720,10 @@ LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
 STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
 DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
 LANE_BLOCK = 64  # ... but at least this many lanes, enough to fill the vector registers
+FUSED_KERNEL = 4  # windows of 2 to this many adjacent taps combine all their cells in one loop (see _fuses)
 KEYED_RUN = 16  # float selects over runs of at least this many cells use integer keys (see _keyed_select_lines)
-# LANE_*, STRIP_CELLS, DOUBLING_CELLS and KEYED_RUN are read when a kernel compiles (and kept in its disk cache);
-# SERIAL_CELLS and GROUP_CELLS are read on every call.
+# LANE_*, STRIP_CELLS, DOUBLING_CELLS, FUSED_KERNEL and KEYED_RUN are read when a kernel compiles (and kept in
+# its disk cache); SERIAL_CELLS and GROUP_CELLS are read on every call.
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -804,7 +959,7 @@ def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, group):
         _bins_group(kind, ignore_nan, x5[first:last], bounds, outs, out5[first:last])
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
 def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, group):
     """Sums of cell values over the bins of planes ``start:stop`` in float64, divided, to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
