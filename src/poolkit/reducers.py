@@ -116,17 +116,23 @@ class Reduction:
     def sum_gradient(self, dy: np.ndarray, y: np.ndarray, window) -> np.ndarray:
         """For sums: the gradient with respect to each window's sum of ``dy`` (float64).
 
-        Avg: ``dy / divisor``. Lp: ``dy * y**(1-p) / divisor`` (0 where ``y == 0``).
+        Avg: ``dy / divisor``. Lp: ``dy * y**(1-p) / divisor`` (0 where ``y == 0``):
+        :meth:`root_gradient`, divided.
         """
-        grad = dy.astype(np.float64)
+        grad = self.root_gradient(dy, y).astype(np.float64)
         divisor = self.divisor_of(window)
-        if divisor is not None:
-            grad = grad / divisor
-        if self.root and self.power != 1:
-            y64 = y.astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                grad = np.where(y64 == 0, 0.0, grad * y64 ** (1 - self.power))
-        return grad
+        return grad if divisor is None else grad / divisor
+
+    def root_gradient(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """For sums: :meth:`sum_gradient` before the division, ``dy`` itself (no copy) but for a root.
+
+        Lp: ``dy * y**(1-p)`` in float64, 0 where ``y == 0``.
+        """
+        if not self.root or self.power == 1:
+            return dy
+        y64 = y.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(y64 == 0, 0.0, dy * y64 ** (1 - self.power))
 
     def cell_gradient(self, x: np.ndarray) -> np.ndarray | None:
         """For sums: ``d(cell value)/dx`` of each input cell, or None when it is 1 (avg).

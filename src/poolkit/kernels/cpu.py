@@ -370,16 +370,22 @@ def _line_adjoint(src, dst, geom, taps):
         kernel = geom[_KERNEL]
         _sliding_pass(SUM, False, src, dst, kernel, 1 - kernel - geom[_START], 0.0)
         return
-    lines, inner = dst.shape[0], dst.shape[2]
-    dst[:, :, :] = 0.0
-    stride = geom[_STRIDE]
-    for a in range(lines):
+    lines, length, inner = dst.shape
+    out, stride = src.shape[1], geom[_STRIDE]
+    cells, sums = src.reshape(-1), dst.reshape(-1)
+    sums[:] = 0.0
+    step, lanes = np.uint64(stride * inner), np.uint64(inner)
+    for a in range(lines):  # flat unsigned offsets: no wraparound tests, and the lanes loop vectorises
         for j in range(geom[_KERNEL]):
-            first, stop, pos = taps[j, 0], taps[j, 1], taps[j, 2]
-            for o in range(first, stop):
-                p = pos + (o - first) * stride
-                for i in range(inner):
-                    dst[a, p, i] += src[a, o, i]
+            first, count = taps[j, 0], taps[j, 1] - taps[j, 0]
+            at, into = np.uint64((a * out + first) * inner), np.uint64((a * length + taps[j, 2]) * inner)
+            if inner == 1:
+                for o in range(np.uint64(count)):
+                    sums[into + step * o] += cells[at + o]
+                continue
+            for o in range(np.uint64(count)):
+                for i in range(lanes):
+                    sums[into + step * o + i] += cells[at + lanes * o + i]
 
 
 # ---------------------------------------------------------------- whole planes
@@ -681,33 +687,42 @@ def _scatter(start, stop, dy3, idx3, dx3):
                 dx3[b, idx3[b, q, i], i] += dy3[b, q, i]
 
 
-@njit(nogil=True, cache=True)
-def _spread(start, stop, grad5, dx5, local5, geom, taps):
-    """Backward of sums over planes ``start:stop``: each window's gradient to its real cells, times ``local5``."""
+@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+def _spread(start, stop, grad5, dx5, local5, divisor, geom, taps):
+    """Backward of sums over planes ``start:stop``: each window's gradient to its real cells, times ``local5``.
+
+    ``grad5`` is the gradient before the division by ``divisor`` (see
+    :func:`_finish`); each plane is divided into a float64 buffer first.
+    """
     _planes, depth, height, width, inner = dx5.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
+    scaled = np.empty((1, od * oh * ow, inner), dtype=np.float64)
+    along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
+    along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
+    along_w = np.empty((depth * height, width, inner), dtype=np.float64)
     for b in range(start, stop):
-        stacks = grad5[b].reshape(1, od, oh * ow * inner)
-        along_d = stacks
+        _finish(grad5[b].reshape(scaled.shape), scaled, divisor, (od, oh, ow), 1.0)
+        stacks = scaled.reshape(1, od, oh * ow * inner)
         if not geom[0, _IDENTITY]:
-            along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
             _line_adjoint(stacks, along_d, geom[0], taps[0])
-        columns = along_d.reshape(depth, oh, ow * inner)
-        along_h = columns
+        columns = (stacks if geom[0, _IDENTITY] else along_d).reshape(depth, oh, ow * inner)
         if not geom[1, _IDENTITY]:
-            along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
             _line_adjoint(columns, along_h, geom[1], taps[1])
-        lines = along_h.reshape(depth * height, ow, inner)
-        along_w = np.empty((depth * height, width, inner), dtype=np.float64)
+        lines = (columns if geom[1, _IDENTITY] else along_h).reshape(depth * height, ow, inner)
         _line_adjoint(lines, along_w, geom[2], taps[2])
-        result, target = along_w.reshape(-1), dx5[b].reshape(-1)
-        if local5.size == dx5.size:
-            scale = local5[b].reshape(-1)
-            for f in range(result.size):
-                target[f] = result[f] * scale[f]
-        else:
-            for f in range(result.size):
-                target[f] = result[f]
+        _scale_into(along_w.reshape(-1), dx5[b].reshape(-1), local5, b)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _scale_into(result, target, local5, b):
+    """``target = result * local5[b]`` (flat), or ``result`` itself where ``local5`` is empty (the local gradient 1)."""
+    if local5.size:
+        scale = local5[b].reshape(-1)
+        for f in range(result.size):
+            target[f] = result[f] * scale[f]
+    else:
+        for f in range(result.size):
+            target[f] = result[f]
 
 
 # ---------------------------------------------------------------- adaptive and global bins
@@ -1012,26 +1027,21 @@ def _bins_adjoint(src, dst, bounds):
                     dst[a, p, i] += src[a, o, i]
 
 
-@njit(nogil=True, cache=True)
-def _bins_spread(start, stop, grad5, dx5, local5, bounds, outs):
-    """Backward of bin sums over planes ``start:stop``: each bin's gradient to its cells, times ``local5``."""
+@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+def _bins_spread(start, stop, grad5, dx5, local5, divisor, bounds, outs):
+    """Backward of bin sums over planes ``start:stop``: as :func:`_spread`, each bin's gradient to its cells."""
     _planes, depth, height, width, inner = dx5.shape
     od, oh, ow = outs[0], outs[1], outs[2]
+    scaled = np.empty((1, od * oh * ow, inner), dtype=np.float64)
     along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
     along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
     along_w = np.empty((depth * height, width, inner), dtype=np.float64)
     for b in range(start, stop):
-        _bins_adjoint(grad5[b].reshape(1, od, oh * ow * inner), along_d, bounds[0])
+        _finish(grad5[b].reshape(scaled.shape), scaled, divisor, outs, 1.0)
+        _bins_adjoint(scaled.reshape(1, od, oh * ow * inner), along_d, bounds[0])
         _bins_adjoint(along_d.reshape(depth, oh, ow * inner), along_h, bounds[1])
         _bins_adjoint(along_h.reshape(depth * height, ow, inner), along_w, bounds[2])
-        result, target = along_w.reshape(-1), dx5[b].reshape(-1)
-        if local5.size == dx5.size:
-            scale = local5[b].reshape(-1)
-            for f in range(result.size):
-                target[f] = result[f] * scale[f]
-        else:
-            for f in range(result.size):
-                target[f] = result[f]
+        _scale_into(along_w.reshape(-1), dx5[b].reshape(-1), local5, b)
 
 
 # ---------------------------------------------------------------- Python side
@@ -1201,10 +1211,11 @@ def _backward(dy, x, y, indices, geometry, reduction, spread, tables) -> np.ndar
     channels_last = _channels_last_memory(x)
     dx_dtype = gradient_dtype(x.dtype)
     dx, dx5 = _empty_like_five(x.shape, _kernel_dtype(dx_dtype), channels_last)
-    grad5 = _as_five(reduction.sum_gradient(dy, y, geometry), channels_last)
+    grad = reduction.root_gradient(dy, y)  # divided in the kernel, by the divisor factors (see _finish)
+    grad5 = _as_five(grad if grad.dtype in (np.float32, np.float64) else grad.astype(np.float64), channels_last)
     local = reduction.cell_gradient(x)
     local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
-    _launch(spread, dx5, grad5, dx5, local5, *tables)
+    _launch(spread, dx5, grad5, dx5, local5, _divisors(reduction, geometry), *tables)
     return dx.astype(dx_dtype, copy=False)
 
 
