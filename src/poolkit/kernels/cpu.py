@@ -182,6 +182,7 @@ def _fused_line_pass(kind, src, dst, geom, taps, identity):
     low, high = np.int64(0), out  # interior windows (np.int64: no literal type for the compiled tuple)
     for j in range(kernel):
         low, high = max(low, taps[j, 0]), min(high, taps[j, 1])
+    low = min(low, out)  # a tap that never falls inside the line may start past the last window
     line = (lines, length, inner, out, low, max(low, high), kernel, geom[_STRIDE], geom[_START])
     cells, targets = src.reshape(-1), dst.reshape(-1)
     if kind == SUM:  # a literal kind (see _fused_pass)
