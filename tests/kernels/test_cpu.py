@@ -435,6 +435,19 @@ def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
     np.testing.assert_array_equal(y.view(bits), expected.view(bits))
 
 
+@pytest.mark.parametrize("dy_dtype", [np.float16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("op", ["avg", "lp"])
+def test_pullbacks_of_sums_take_dy_of_any_dtype(op, dy_dtype):
+    """The kernels divide ``dy`` themselves: a dy of a dtype they do not compile (float16, integers) is widened."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    fn, args = (pk.avg_pool2d, (3,)) if op == "avg" else (pk.lp_pool2d, (3.0, 3))
+    dy = rng.integers(-3, 4, fn(x, *args, stride=2, padding=1).shape).astype(dy_dtype)
+    dx = [pk.vjp(fn, x, *args, stride=2, padding=1, backend=backend)[1](dy) for backend in ("numba", "numpy")]
+    assert dx[0].dtype == dx[1].dtype == np.float32
+    np.testing.assert_allclose(dx[0], dx[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(
     ("kernel", "stride"), [(2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2), (3, 3), (4, 4), (2, 3), (4, 3)]

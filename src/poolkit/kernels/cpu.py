@@ -184,34 +184,34 @@ def _fused_line_pass(kind, src, dst, geom, taps, identity):
         low, high = max(low, taps[j, 0]), min(high, taps[j, 1])
     low = min(low, out)  # a tap that never falls inside the line may start past the last window
     line = (lines, length, inner, out, low, max(low, high), kernel, geom[_STRIDE], geom[_START])
-    cells, targets = src.reshape(-1), dst.reshape(-1)
+    cells, targets, table = src.reshape(-1), dst.reshape(-1), taps[:kernel].copy()  # a copy: one array type
     if kind == SUM:  # a literal kind (see _fused_pass)
-        _fused_pass(SUM, cells, targets, line, identity)
+        _fused_pass(SUM, cells, targets, line, table, identity)
     elif kind == MAX:
-        _fused_pass(MAX, cells, targets, line, identity)
+        _fused_pass(MAX, cells, targets, line, table, identity)
     else:
-        _fused_pass(MIN, cells, targets, line, identity)
+        _fused_pass(MIN, cells, targets, line, table, identity)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _edge_windows(kind, cells, targets, line, a, first, stop, identity):
-    """Windows ``first .. stop-1`` of line ``a`` of :func:`_fused_pass`: the fold of their cells inside the line.
+def _edge_windows(kind, cells, targets, line, taps, a, first, stop, identity):
+    """Windows ``first .. stop-1`` of line ``a`` of :func:`_fused_pass`: each the fold of its taps inside the line.
 
-    A window's taps are its cells ``start + o*stride + j``; those outside
-    the line (padding) are skipped, in tap order, as the direct scan does.
+    The taps are the axis's (see :func:`_tables`), so padding is skipped and
+    the taps are taken in order, as the direct scan does.
     """
-    _lines, length, inner, out, _low, _high, kernel, stride, start = line
+    _lines, length, inner, out, _low, _high, kernel, stride, _start = line
     for o in range(first, stop):
         for i in range(inner):
             acc = identity
             for j in range(kernel):
-                p = start + o * stride + j
-                if 0 <= p < length:
+                if taps[j, 0] <= o < taps[j, 1]:
+                    p = taps[j, 2] + (o - taps[j, 0]) * stride
                     acc = _combine(kind, False, acc, cells[(a * length + p) * inner + i])
             targets[(a * out + o) * inner + i] = acc
 
 
-def _fused_pass(kind, cells, targets, line, identity):
+def _fused_pass(kind, cells, targets, line, taps, identity):
     """:func:`_fused_line_pass` on the flat lines ``cells`` into the flat ``targets``, line by line.
 
     ``line`` is ``(lines, length, inner, out, low, high, kernel, stride,
@@ -231,13 +231,15 @@ def _fused_pass(kind, cells, targets, line, identity):
     Compiled through the overload below for a literal ``kind``: with nine
     loops in one function, LLVM no longer hoists a runtime kind's tests out
     of them (twice the time of a max). Its arguments are flat arrays and
-    integers only, so that each dtype compiles it once per kind.
+    integers only (and a copy of the taps, so that read-only tables and a
+    strip's writeable ones are one type), so that each dtype compiles it
+    once per kind.
     """
-    _fused_for(kind)(kind, cells, targets, line, identity)
+    _fused_for(kind)(kind, cells, targets, line, taps, identity)
 
 
 @overload(_fused_pass, prefer_literal=True, jit_options={"nogil": True})
-def _compile_fused_pass(kind, cells, targets, line, identity):
+def _compile_fused_pass(kind, cells, targets, line, taps, identity):
     if isinstance(kind, types.IntegerLiteral):
         return _fused_for(kind.literal_value)
     return None  # no implementation: a call with a kind that is not a literal is a typing error
@@ -247,11 +249,11 @@ def _compile_fused_pass(kind, cells, targets, line, identity):
 def _fused_for(fixed_kind):
     """The body of :func:`_fused_pass` with the constant ``fixed_kind`` for its kind."""
 
-    def fused(kind, cells, targets, line, identity):
+    def fused(kind, cells, targets, line, taps, identity):
         lines, length, inner, out, low, high, kernel, stride, start = line
         count = high - low
         for a in range(lines):
-            _edge_windows(fixed_kind, cells, targets, line, a, 0, low, identity)
+            _edge_windows(fixed_kind, cells, targets, line, taps, a, 0, low, identity)
             at, into = a * length + start + low * stride, a * out + low
             if inner > 1:
                 for o in range(count):
@@ -276,7 +278,7 @@ def _fused_for(fixed_kind):
                 _fused_row(fixed_kind, cells, at, targets, into, count, 3, 3, identity)
             else:
                 _fused_row(fixed_kind, cells, at, targets, into, count, 4, 4, identity)
-            _edge_windows(fixed_kind, cells, targets, line, a, high, out, identity)
+            _edge_windows(fixed_kind, cells, targets, line, taps, a, high, out, identity)
 
     return fused
 
