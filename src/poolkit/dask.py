@@ -17,9 +17,10 @@ How a chunked pool works, along one spatial axis (the geometry is read from a
 * each block then reads its own chunk plus a left halo: the cells from the
   start of its first window, copied from the end of the chunk before it (and
   the corners of the chunks before it along two or more axes). No block reads
-  the chunk after it. With ``ordered=True`` the blocks also run in order
-  along the halo axes, so that a pass over an on-disk array holds a few
-  chunks per worker rather than rows of them (see ``_map_with_halos``);
+  the chunk after it. A computation of the whole result also runs the
+  blocks in order along the halo axes, so that a pass over an on-disk array
+  holds a few chunks per worker rather than rows of them (``ordered``; see
+  ``_map_with_halos``);
 * the block is pooled by the in-memory op with the block's own padding
   where its windows hang over the array's edges (left padding, right padding,
   ceil-mode overhang). Where that padding is more than ``kernel // 2`` or
@@ -48,7 +49,7 @@ from collections.abc import Sequence
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from . import reducers
 from .errors import PoolingConfigError, PoolingTypeError
@@ -73,7 +74,7 @@ def max_pool(
     channels_last: bool = False,
     nan: str = "propagate",
     backend: str = "auto",
-    ordered: bool = False,
+    ordered: bool | None = None,
 ) -> da.Array:
     """Max pooling of a Dask array, lazily: :func:`poolkit.max_pool` chunk by chunk.
 
@@ -90,16 +91,17 @@ def max_pool(
         As in :func:`poolkit.max_pool` (``padding="same"`` included).
         ``return_indices`` is not offered: a flat index into a larger-than-memory
         plane is rarely what a chunked pipeline wants.
-    ordered : bool
-        For a pass over a whole on-disk array (``to_zarr``, ``da.store``) with
-        windows that cross chunk edges along two or more axes: run the blocks
-        in order along those axes, so that each chunk is freed as soon as its
-        block is done and memory stays at a few chunks per worker thread
-        instead of one to two rows of chunks (a plane or more in 3-D) in
-        whatever order Dask picks. The cost: blocks
-        run in diagonal waves, and computing part of the result computes
-        every block before it, so leave it off for partial or interactive
-        reads. It changes no value.
+    ordered : bool or None
+        Whether the blocks run in order along the axes where windows cross
+        chunk edges, when there are two or more such axes. Ordered, each chunk
+        is freed as soon as its block is done, and a pass over an on-disk
+        array holds a few chunks per worker thread; unordered, Dask's order
+        can hold one to two rows of chunks (a plane or more in 3-D). The cost
+        of order: blocks run in diagonal waves, and a partial read computes
+        every block before it. ``None`` (the default) orders a computation
+        that needs every block (``compute``, ``persist``, ``to_zarr``,
+        ``da.store``) and leaves one that reads part of the result
+        unordered; ``True`` and ``False`` force either. It changes no value.
 
     Returns
     -------
@@ -111,7 +113,7 @@ def max_pool(
     Raises
     ------
     PoolingTypeError
-        ``x`` is not a Dask array, or not of real numbers; ``ordered`` is not a bool.
+        ``x`` is not a Dask array, or not of real numbers; ``ordered`` is not a bool or None.
     PoolingConfigError
         Any argument the in-memory op refuses, with the same message.
 
@@ -139,7 +141,7 @@ def min_pool(
     channels_last: bool = False,
     nan: str = "propagate",
     backend: str = "auto",
-    ordered: bool = False,
+    ordered: bool | None = None,
 ) -> da.Array:
     """Min pooling of a Dask array, lazily: :func:`poolkit.min_pool` chunk by chunk.
 
@@ -168,7 +170,7 @@ def avg_pool(
     dilation: IntOrSeq = 1,
     channels_last: bool = False,
     backend: str = "auto",
-    ordered: bool = False,
+    ordered: bool | None = None,
 ) -> da.Array:
     """Average pooling of a Dask array, lazily: :func:`poolkit.avg_pool` chunk by chunk.
 
@@ -183,7 +185,7 @@ def avg_pool(
         ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
     kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dilation, channels_last, backend
         As in :func:`poolkit.avg_pool`.
-    ordered : bool
+    ordered : bool or None
         As in :func:`max_pool`.
 
     Returns
@@ -215,7 +217,7 @@ def lp_pool(
     dilation: IntOrSeq = 1,
     channels_last: bool = False,
     backend: str = "auto",
-    ordered: bool = False,
+    ordered: bool | None = None,
 ) -> da.Array:
     """Lp pooling of a Dask array, lazily: :func:`poolkit.lp_pool` chunk by chunk.
 
@@ -229,7 +231,7 @@ def lp_pool(
         ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
     p, kernel_size, stride, padding, ceil_mode, mean, dilation, channels_last, backend
         As in :func:`poolkit.lp_pool`.
-    ordered : bool
+    ordered : bool or None
         As in :func:`max_pool`.
 
     Returns
@@ -361,11 +363,13 @@ def pyramid(
 # ------------------------------------------------------------------ the chunked pipeline
 
 
-def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, backend: str, ordered: bool) -> da.Array:
+def _lazy_pool(
+    op: str, x, geometry: dict, options: dict, channels_last: bool, backend: str, ordered: bool | None
+) -> da.Array:
     """The one pipeline behind every public function: check, plan the chunks, map the in-memory op."""
     name = f"poolkit.dask.{op}_pool"
     _check_dask(name, x)
-    check_flag("ordered", ordered)
+    ordered = check_flag("ordered", ordered, optional=True)
     # A zero-strided stand-in (no memory) gets the in-memory checks of layout, rank and dtype.
     as_pool_input(np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape), None, channels_last, name)
     spatial = _spatial_axes(x.ndim, channels_last)
@@ -406,7 +410,7 @@ def _lazy_pool(op: str, x, geometry: dict, options: dict, channels_last: bool, b
 
 
 def _map_with_halos(
-    block, x: da.Array, halos: dict[int, int], out_chunks: tuple, meta: np.ndarray, name: str, ordered: bool
+    block, x: da.Array, halos: dict[int, int], out_chunks: tuple, meta: np.ndarray, name: str, ordered: bool | None
 ) -> da.Array:
     """``block`` on every chunk of ``x`` extended by the last ``halos[axis]`` cells of the chunks before it.
 
@@ -418,34 +422,61 @@ def _map_with_halos(
     Dask's order decides when a chunk is read, and a chunk read for its tails
     before the blocks before its own have run stays in memory until its
     block runs: with halos along two axes, Dask's orders hold one to two rows
-    of chunks. With ``ordered`` and halos along two or more axes, a third
-    task per chunk marks its block done, and a block waits for those of the
-    blocks before it along each halo axis: every order then runs the blocks
+    of chunks. Ordered, with halos along two or more axes, a third task per
+    chunk marks its block done, and a block waits for those of the blocks
+    before it along each halo axis: every order then runs the blocks
     forwards, and only the chunks that idle workers read ahead are in memory
     beside the running blocks. Along one halo axis a backward walk holds one
-    chunk more, so there is nothing to order.
+    chunk more, so there is nothing to order. With ``ordered=None`` the
+    layer (:class:`_HaloLayer`) orders a computation that needs every block
+    and leaves a partial read unordered.
     """
     token = tokenize(x, block, halos, ordered)
     tails, done, out = f"poolkit-tails-{token}", f"poolkit-done-{token}", f"{name}-{token}"
     axes = sorted(halos)
     corners = [subset for size in range(1, len(axes) + 1) for subset in itertools.combinations(axes, size)]
-    chained = ordered and len(axes) > 1
-    graph: dict = {}
+    chain = len(axes) > 1 and ordered is not False
+    graphs: tuple[dict, dict] = ({}, {})  # unordered, ordered
     for index in itertools.product(*(range(n) for n in x.numblocks)):
         chunk = (x.name, *index)
         wanted = [all(index[axis] + 1 < x.numblocks[axis] for axis in subset) for subset in corners]
-        graph[(tails, *index)] = (_tails_of, chunk, corners, wanted, halos)
         before, waits = [], []
         for subset in corners:
             shifted = tuple(i - 1 if axis in subset else i for axis, i in enumerate(index))
             before.append((tails, *shifted) if min(shifted) >= 0 else None)
-            if chained and len(subset) == 1 and min(shifted) >= 0:
+            if chain and len(subset) == 1 and min(shifted) >= 0:
                 waits.append((done, *shifted))
-        graph[(out, *index)] = (_joined, block, chunk, before, waits, corners, halos, index)
-        if chained:
-            graph[(done, *index)] = (_done, (out, *index))
-    layer = HighLevelGraph.from_collections(out, graph, dependencies=[x])
-    return da.Array(layer, out, out_chunks, meta=meta)
+        for graph, after in zip(graphs, ([], waits)):
+            graph[(tails, *index)] = (_tails_of, chunk, corners, wanted, halos)
+            graph[(out, *index)] = (_joined, block, chunk, before, after, corners, halos, index)
+        if chain:
+            graphs[1][(done, *index)] = (_done, (out, *index))
+    unordered, ordered_graph = graphs
+    if not chain:
+        layer = MaterializedLayer(unordered)
+    elif ordered:
+        layer = MaterializedLayer(ordered_graph)
+    else:
+        outputs = frozenset(key for key in unordered if key[0] == out)
+        layer = _HaloLayer(ordered_graph, unordered, outputs)
+    return da.Array(HighLevelGraph.from_collections(out, layer, dependencies=[x]), out, out_chunks, meta=meta)
+
+
+class _HaloLayer(MaterializedLayer):
+    """The graph of :func:`_map_with_halos` with ``ordered=None``: its blocks run in order when a
+    computation needs all of them (a pass over the whole array: ``compute``, ``persist``, ``to_zarr``,
+    ``da.store``), and unordered when it needs only some (a partial read computes just the blocks it
+    reads). Dask's optimisation culls every graph before it runs; an uncull'd graph runs every block, so
+    the layer's own tasks are the ordered ones."""
+
+    def __init__(self, ordered: dict, unordered: dict, outputs: frozenset):
+        super().__init__(ordered)
+        self.unordered, self.outputs = unordered, outputs
+
+    def cull(self, keys, all_hlg_keys):
+        if self.outputs <= keys:
+            return super().cull(keys, all_hlg_keys)
+        return MaterializedLayer(self.unordered).cull(keys, all_hlg_keys)
 
 
 def _tails_of(chunk: np.ndarray, corners: list, wanted: list, halos: dict) -> list:

@@ -288,6 +288,34 @@ def test_a_plane_is_pooled_in_bands_by_every_thread(monkeypatch, channels_last, 
     assert calls[0] == planes * min(-(-4 // planes), want.shape[2])
 
 
+def test_calls_side_by_side_share_the_threads(monkeypatch):
+    """Two calls running at once (two Dask blocks, say) get half the threads each, then one gets them all."""
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "4")
+    both_in, seen = threading.Barrier(2), []
+
+    @cpu._shared
+    def side_by_side():
+        both_in.wait(timeout=30)
+        seen.append(cpu.thread_count())
+        both_in.wait(timeout=30)
+
+    def two_at_once():
+        seen.clear()
+        threads = [threading.Thread(target=side_by_side) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return seen
+
+    alone = cpu._shared(cpu.thread_count)
+    assert two_at_once() == [2, 2] and alone() == 4 == cpu.thread_count()
+    for entry in (cpu.forward, cpu.backward, cpu.bins_forward, cpu.bins_backward):
+        assert entry.__wrapped__  # counted by _shared
+    monkeypatch.setenv("POOLKIT_NUM_THREADS", "1")
+    assert two_at_once() == [1, 1]  # never below one
+
+
 def test_thread_count_follows_environment(monkeypatch):
     import numba
 

@@ -1164,6 +1164,28 @@ def _cell_code(reduction: Reduction) -> int:
     return CELL_SQUARE if reduction.power == 2 else CELL_POWER
 
 
+_ACTIVE_LOCK = threading.Lock()
+_ACTIVE = [0]  # calls of the functions decorated with _shared running now, on any thread
+
+
+def _shared(function):
+    """Count the running calls of ``function``, so that calls made side by side (from a Dask scheduler's
+    threads, say) share the threads rather than each starting ``POOLKIT_NUM_THREADS`` of them."""
+
+    @functools.wraps(function)
+    def counted(*args, **kwargs):
+        with _ACTIVE_LOCK:
+            _ACTIVE[0] += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE[0] -= 1
+
+    return counted
+
+
+@_shared
 def forward(
     x: np.ndarray, window: Window, reduction: Reduction, want_indices: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1193,6 +1215,7 @@ def forward(
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
+@_shared
 def backward(
     dy: np.ndarray,
     x: np.ndarray,
@@ -1256,6 +1279,7 @@ def _group_size(x5: np.ndarray) -> int:
     return max(1, GROUP_CELLS // max(1, int(np.prod(x5.shape[1:]))))
 
 
+@_shared
 def bins_forward(
     x: np.ndarray, bins: Bins, reduction: Reduction, want_indices: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1292,6 +1316,7 @@ def _bins_forward(x: np.ndarray, bins: Bins, reduction: Reduction, want_indices:
     return out.astype(reduction.result_dtype(x.dtype), copy=False), indices
 
 
+@_shared
 def bins_backward(
     dy: np.ndarray,
     x: np.ndarray,
@@ -1313,17 +1338,18 @@ _POOL: list[ThreadPoolExecutor] = []
 
 
 def thread_count() -> int:
-    """Threads a kernel call uses: ``POOLKIT_NUM_THREADS`` if set, else ``numba.get_num_threads()``."""
+    """Threads a kernel call uses: ``POOLKIT_NUM_THREADS`` if set, else ``numba.get_num_threads()``, shared
+    among the calls running at the time (see :func:`_shared`), at least one."""
     wanted = os.environ.get("POOLKIT_NUM_THREADS")
-    if not wanted:
-        return numba.get_num_threads()
-    try:
-        count = int(wanted)
-    except ValueError:
-        raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer") from None
-    if count < 1:
-        raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer")
-    return count
+    count = numba.get_num_threads()
+    if wanted:
+        try:
+            count = int(wanted)
+        except ValueError:
+            raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer") from None
+        if count < 1:
+            raise PoolingConfigError(f"POOLKIT_NUM_THREADS={wanted!r} must be a positive integer")
+    return max(count // max(_ACTIVE[0], 1), 1)
 
 
 def _launch(kernel, work: np.ndarray, *args) -> None:

@@ -178,10 +178,12 @@ def _device_name(x) -> str | None:
     return f"{_DLPACK_DEVICES.get(int(kind), f'DLPack device type {int(kind)}')}:{index}"
 
 
-def check_flag(name: str, value: object) -> bool:
-    """``value`` if it is a bool, else a :class:`PoolingTypeError` naming ``name``."""
+def check_flag(name: str, value: object, optional: bool = False) -> bool | None:
+    """``value`` as a bool (None stays None if ``optional``), else a :class:`PoolingTypeError` naming ``name``."""
+    if optional and value is None:
+        return None
     if not isinstance(value, (bool, np.bool_)):
-        raise PoolingTypeError(f"{name}={value!r} must be True or False")
+        raise PoolingTypeError(f"{name}={value!r} must be " + ("True, False or None" if optional else "True or False"))
     return bool(value)
 
 
