@@ -584,31 +584,30 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     """
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
+    scale = _plane_scale(divisor, out5.shape[1:4])
     if _as_lanes(x5.shape):
-        _forward_lanes(start, stop, x5, out5, geom, taps, divisor, divisor.size > 0, kind, ignore_nan, identity, 1.0)
+        _forward_lanes(start, stop, x5, out5, geom, taps, scale, divisor.size > 0, kind, ignore_nan, identity, 1.0)
         return
     sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
-    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         if divisor.size:
             _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], sums.reshape(-1))
-            _finish(sums, out5[b].reshape(1, cells, inner), scale, divisor, out5.shape[1:4], 1.0)
+            _finish(sums, out5[b].reshape(1, cells, inner), scale, 1.0)
         else:
             _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")  # see _finish
-def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, finished, kind, ignore_nan, identity, root):
+def _forward_lanes(start, stop, x5, out5, geom, taps, scale, finished, kind, ignore_nan, identity, root):
     """:func:`_forward_direct` of small channels-first planes (:func:`_as_lanes`), ``GROUP_CELLS`` input
     cells' worth at a time, transposed so that the planes are the lanes of one plane: the passes then run
     across the planes, vectorised, instead of along rows of a few cells, and a plane costs no call of its
     own. Each plane's cells combine in the order of a channels-last plane's. With ``finished``, sums are
-    divided by ``divisor`` and taken to ``1/root`` (:func:`_finish`)."""
+    divided by ``scale`` and taken to ``1/root`` (:func:`_finish`)."""
     _planes, depth, height, width, _inner = x5.shape
     in_cells, cells = depth * height * width, out5.shape[1] * out5.shape[2] * out5.shape[3]
-    group, outs = max(1, GROUP_CELLS // in_cells), out5.shape[1:4]
-    scale = _plane_scale(divisor, outs)
+    group = max(1, GROUP_CELLS // in_cells)
     lanes = np.empty(in_cells * group, dtype=x5.dtype)
     pooled = np.empty(cells * group, dtype=x5.dtype)
     results = np.empty(cells * group if finished else 0, dtype=out5.dtype)
@@ -622,7 +621,7 @@ def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, finished, kind, i
         target = out5[first : first + count].reshape(count, cells)
         if finished:
             result = results[: cells * count].reshape(cells, count)
-            _finish(windows.reshape(1, cells, count), result.reshape(1, cells, count), scale, divisor, outs, root)
+            _finish(windows.reshape(1, cells, count), result.reshape(1, cells, count), scale, root)
             _transpose(result, target)
         else:
             _transpose(windows.reshape(cells, count), target)
@@ -632,15 +631,15 @@ def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, finished, kind, i
 def _plane_scale(divisor, outs):
     """The scale of each window of one plane, ``(od*oh*ow,)`` for ``outs = (od, oh, ow)``: the product of its
     factors in ``divisor``, the ``(3, M)`` table of per-axis factors (D, H, W), or one where ``divisor`` is
-    empty (sums that are not divided). Empty for a plane of more than ``SCALE_CELLS`` windows, which
-    :func:`_finish` divides row by row: the table is never larger than a small plane.
+    empty (sums that are not divided).
 
-    Kernels form it once per call, for all their planes (see :func:`_finish`).
+    Kernels form it once per call, for all their planes (see :func:`_finish`): one plane's worth, never an
+    output-sized array.
     """
     od, oh, ow = outs[0], outs[1], outs[2]
-    scale = np.ones(od * oh * ow if od * oh * ow <= SCALE_CELLS else 0)
+    scale = np.ones(od * oh * ow)
     if divisor.size > 0:
-        for z in range(od if scale.size else 0):
+        for z in range(od):
             for y in range(oh):
                 across = divisor[0, z] * divisor[1, y]
                 for x in range(ow):
@@ -649,61 +648,36 @@ def _plane_scale(divisor, outs):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _finish(windows, target, scale, divisor, outs, root):
-    """``target = (windows / scale) ** (1/root)`` for windows ``(B, od*oh*ow, I)``: the finish step of a sum.
+def _finish(windows, target, scale, root):
+    """``target = (windows / scale) ** (1/root)`` for windows ``(B, cells, I)``: the finish step of a sum.
 
-    ``scale`` is :func:`_plane_scale` of ``divisor`` and ``outs``: one value
-    per window of a small plane; empty for a large one, whose scales are
-    formed row by row as the loops go. ``target`` is not ``windows``: LLVM
-    does not vectorise a loop whose store may overlap its loads.
-    Channels-first windows are finished along each plane's windows (or
-    rows), or along the planes where a plane has one window (global
-    pooling); channels-last ones along the lanes. Its callers compile with
-    NumPy's error model: under Python's, every division tests its divisor
-    for zero and raises, which keeps LLVM from vectorising the divisions
-    (twice the time). No scale is zero: each factor counts cells or is a
-    divisor override the Window has checked.
+    ``scale`` is :func:`_plane_scale`, one value per window of a plane.
+    ``target`` is not ``windows``: LLVM does not vectorise a loop whose
+    store may overlap its loads. Channels-first windows are finished along
+    each plane's windows, or along the planes where a plane has one window
+    (global pooling); channels-last ones along the lanes. Its callers
+    compile with NumPy's error model: under Python's, every division tests
+    its divisor for zero and raises, which keeps LLVM from vectorising the
+    divisions (twice the time). No scale is zero: each factor counts cells
+    or is a divisor override the Window has checked.
     """
     planes, cells, inner = windows.shape
     sums, results = windows.reshape(-1), target.reshape(-1)
-    if scale.size == 0:
-        _finish_rows(sums, results, planes, inner, divisor, outs, root)
-    elif cells * inner == 1:
+    if cells * inner == 1:
         for b in range(np.uint64(planes)):
             results[b] = _rooted(sums[b] / scale[0], root)
-    elif inner == 1:
+        return
+    if inner == 1:
         for b in range(planes):
             base = np.uint64(b * cells)
             for c in range(np.uint64(cells)):
                 results[base + c] = _rooted(sums[base + c] / scale[c], root)
-    else:
-        for b in range(planes):
-            for c in range(cells):
-                at, by = np.uint64((b * cells + c) * inner), scale[c]
-                for i in range(np.uint64(inner)):
-                    results[at + i] = _rooted(sums[at + i] / by, root)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _finish_rows(sums, results, planes, inner, divisor, outs, root):
-    """:func:`_finish` of large planes, flat: each row's scales formed from the per-axis factors as it goes."""
-    od, oh, ow = outs[0], outs[1], outs[2]
-    divided = divisor.size > 0
+        return
     for b in range(planes):
-        for z in range(od):
-            for y in range(oh):
-                across = divisor[0, z] * divisor[1, y] if divided else 1.0
-                row = np.uint64(((b * od + z) * oh + y) * ow * inner)
-                if inner == 1:  # one loop along the row, vectorised
-                    for x in range(np.uint64(ow)):
-                        by = across * divisor[2, x] if divided else 1.0
-                        results[row + x] = _rooted(sums[row + x] / by, root)
-                    continue
-                for x in range(ow):
-                    by = across * divisor[2, x] if divided else 1.0
-                    at = row + np.uint64(x * inner)
-                    for i in range(np.uint64(inner)):
-                        results[at + i] = _rooted(sums[at + i] / by, root)
+        for c in range(cells):
+            at, by = np.uint64((b * cells + c) * inner), scale[c]
+            for i in range(np.uint64(inner)):
+                results[at + i] = _rooted(sums[at + i] / by, root)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -721,6 +695,7 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
+    scale = _plane_scale(divisor, out5.shape[1:4])
     if _as_lanes(x5.shape):  # the cell values of a group of planes, then pooled as lanes
         group = max(1, GROUP_CELLS // (depth * height * width))
         values = np.empty((group, depth, height, width, 1), dtype=np.float64)
@@ -728,15 +703,14 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
             count = min(group, stop - first)
             _cell_values(cell, power, x5[first : first + count], values[:count])
             chunk = out5[first : first + count]
-            _forward_lanes(0, count, values[:count], chunk, geom, taps, divisor, True, SUM, False, np.zeros(1), root)
+            _forward_lanes(0, count, values[:count], chunk, geom, taps, scale, True, SUM, False, np.zeros(1), root)
         return
     sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
-    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
-        _finish(sums, out5[b].reshape(1, cells, inner), scale, divisor, out5.shape[1:4], root)
+        _finish(sums, out5[b].reshape(1, cells, inner), scale, root)
 
 
 @njit(nogil=True, cache=True)
@@ -874,7 +848,7 @@ def _spread(start, stop, grad5, dx5, local5, divisor, geom, taps):
     along_w = np.empty((depth * height, width, inner), dtype=np.float64)
     scale = _plane_scale(divisor, (od, oh, ow))
     for b in range(start, stop):
-        _finish(grad5[b].reshape(scaled.shape), scaled, scale, divisor, (od, oh, ow), 1.0)
+        _finish(grad5[b].reshape(scaled.shape), scaled, scale, 1.0)
         stacks = scaled.reshape(1, od, oh * ow * inner)
         if not geom[0, _IDENTITY]:
             _line_adjoint(stacks, along_d, geom[0], taps[0])
@@ -947,7 +921,6 @@ SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _l
 LANE_CELLS = 1024  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
 LANE_ROW = 32  # pooled with the planes as lanes (see _as_lanes)
 TRANSPOSE_ROWS = 16  # rows of a block in _transpose
-SCALE_CELLS = 4096  # sums of planes of at most this many windows are divided by a table of scales (_plane_scale)
 STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
 DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
 LANE_BLOCK = 64  # ... but at least this many lanes, enough to fill the vector registers
@@ -1301,7 +1274,7 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, sums[:count])
         finished = out5[first:last].reshape(count, cells, inner)
-        _finish(sums[:count].reshape(count, cells, inner), finished, scale, divisor, outs, root)
+        _finish(sums[:count].reshape(count, cells, inner), finished, scale, root)
 
 
 @njit(nogil=True, cache=True)
@@ -1341,7 +1314,7 @@ def _bins_spread(start, stop, grad5, dx5, local5, divisor, bounds, outs):
     along_w = np.empty((depth * height, width, inner), dtype=np.float64)
     scale = _plane_scale(divisor, outs)
     for b in range(start, stop):
-        _finish(grad5[b].reshape(scaled.shape), scaled, scale, divisor, outs, 1.0)
+        _finish(grad5[b].reshape(scaled.shape), scaled, scale, 1.0)
         _bins_adjoint(scaled.reshape(1, od, oh * ow * inner), along_d, bounds[0])
         _bins_adjoint(along_d.reshape(depth, oh, ow * inner), along_h, bounds[1])
         _bins_adjoint(along_h.reshape(depth * height, ow, inner), along_w, bounds[2])
