@@ -714,17 +714,14 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
 
 
 @njit(nogil=True, cache=True)
-def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, ignore_nan, identity):
+def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, ignore_nan):
     """Selects with indices: each window scanned in row-major order (first maximum, last NaN).
 
     An index is ``origin`` plus the cell's row-major position in ``x5``'s
     spatial axes: ``origin`` places a band of a plane (see :func:`_bands`).
     The lanes of a window (``I``) are scanned side by side, vectorised;
     small channels-first planes are transposed to be such lanes
-    (:func:`_as_lanes`). Larger channels-first planes, one lane, are pooled
-    as without indices and each window's index is then found by
-    :func:`_winner` (a scan with indices along a row is a chain of
-    dependent scalar steps: 85 ms against 43 ms for the ResNet stem).
+    (:func:`_as_lanes`).
     """
     _planes, depth, height, width, inner = x5.shape
     if _as_lanes(x5.shape):
@@ -745,51 +742,9 @@ def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, igno
             _transpose(where, idx5[first : first + count].reshape(count, out_cells))
         return
     for b in range(start, stop):
-        best, where = out5[b].reshape(-1, inner), idx5[b].reshape(-1, inner)
-        if inner > 1:
-            _scan_windows(x5[b : b + 1], best, where, geom, taps, origin, kind, ignore_nan)
-            continue
-        _pool_plane(kind, ignore_nan, x5[b].reshape(depth, height * width), geom, taps, identity[0], best.reshape(-1))
-        _winners(x5[b].reshape(-1), best.reshape(-1), where.reshape(-1), geom, taps, origin, ignore_nan)
-
-
-@njit(nogil=True, cache=True)
-def _winners(cells, best, where, geom, taps, origin, ignore_nan):
-    """``where`` of each window of one channels-first plane whose selects ``best`` are known (see
-    :func:`_forward_indices`): :func:`_winner` of each."""
-    height, width = geom[1, _SIZE], geom[2, _SIZE]
-    od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
-    for zo in range(od):
-        for yo in range(oh):
-            for xo in range(ow):
-                window = (zo * oh + yo) * ow + xo
-                where[window] = origin + _winner(cells, best[window], geom, taps, zo, yo, xo, height, width, ignore_nan)
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _winner(cells, best, geom, taps, zo, yo, xo, height, width, ignore_nan):
-    """The cell of window ``(zo, yo, xo)`` that a row-major scan selects, given the select ``best``: the first
-    cell equal to it; for a NaN, the last NaN (``nan="propagate"``) or the first cell (``"ignore"``: all
-    cells are NaN). The scan stops at the first match."""
-    nan, last = best != best, -1
-    for jd in range(geom[0, _KERNEL]):
-        if not taps[0, jd, 0] <= zo < taps[0, jd, 1]:
-            continue
-        z = taps[0, jd, 2] + (zo - taps[0, jd, 0]) * geom[0, _STRIDE]
-        for jh in range(geom[1, _KERNEL]):
-            if not taps[1, jh, 0] <= yo < taps[1, jh, 1]:
-                continue
-            y = taps[1, jh, 2] + (yo - taps[1, jh, 0]) * geom[1, _STRIDE]
-            for jw in range(geom[2, _KERNEL]):
-                if not taps[2, jw, 0] <= xo < taps[2, jw, 1]:
-                    continue
-                cell = (z * height + y) * width + taps[2, jw, 2] + (xo - taps[2, jw, 0]) * geom[2, _STRIDE]
-                v = cells[cell]
-                if (not nan and v == best) or (nan and ignore_nan):
-                    return cell
-                if v != v:
-                    last = cell
-    return last
+        _scan_windows(
+            x5[b : b + 1], out5[b].reshape(-1, inner), idx5[b].reshape(-1, inner), geom, taps, origin, kind, ignore_nan
+        )
 
 
 @njit(nogil=True, cache=True)
@@ -1482,11 +1437,11 @@ def forward(
     divisor = _divisors(reduction, window)
     if reduction.selects:
         out, out5 = _empty_like_five(out_shape, values.dtype, channels_last)
-        identity = _identity(reduction, kdtype, values.dtype)
         if want_indices:
             indices, idx5 = _empty_like_five(out_shape, np.int64, channels_last)
-            _launch_window(_forward_indices, window, values, out5, kind, ignore, identity, idx5=idx5)
+            _launch_window(_forward_indices, window, values, out5, kind, ignore, idx5=idx5)
         else:
+            identity = _identity(reduction, kdtype, values.dtype)
             _launch_window(_forward_direct, window, values, out5, kind, ignore, identity, divisor=divisor)
     elif not reduction.absolute and kdtype.kind == "f":  # avg of floats: sums in the input's float type
         out, out5 = _empty_like_five(out_shape, kdtype, channels_last)
