@@ -586,7 +586,7 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
     scale = _plane_scale(divisor, out5.shape[1:4])
     if _as_lanes(x5.shape):
-        _forward_lanes(start, stop, x5, out5, geom, taps, scale, divisor.size > 0, kind, ignore_nan, identity, 1.0)
+        _forward_lanes(start, stop, x5, out5, geom, taps, scale, divisor.size > 0, kind, ignore_nan, identity)
         return
     sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
     for b in range(start, stop):
@@ -599,18 +599,17 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
 
 
 @njit(nogil=True, cache=True, error_model="numpy")  # see _finish
-def _forward_lanes(start, stop, x5, out5, geom, taps, scale, finished, kind, ignore_nan, identity, root):
+def _forward_lanes(start, stop, x5, out5, geom, taps, scale, divided, kind, ignore_nan, identity):
     """:func:`_forward_direct` of small channels-first planes (:func:`_as_lanes`), ``GROUP_CELLS`` input
     cells' worth at a time, transposed so that the planes are the lanes of one plane: the passes then run
     across the planes, vectorised, instead of along rows of a few cells, and a plane costs no call of its
-    own. Each plane's cells combine in the order of a channels-last plane's. With ``finished``, sums are
-    divided by ``scale`` and taken to ``1/root`` (:func:`_finish`)."""
+    own. Each plane's cells combine in the order of a channels-last plane's."""
     _planes, depth, height, width, _inner = x5.shape
     in_cells, cells = depth * height * width, out5.shape[1] * out5.shape[2] * out5.shape[3]
     group = max(1, GROUP_CELLS // in_cells)
     lanes = np.empty(in_cells * group, dtype=x5.dtype)
-    pooled = np.empty(cells * group, dtype=x5.dtype)
-    results = np.empty(cells * group if finished else 0, dtype=out5.dtype)
+    pooled = np.empty(cells * group, dtype=out5.dtype)
+    finished = np.empty(cells * group if divided else 0, dtype=out5.dtype)
     for first in range(start, stop, group):
         count = min(group, stop - first)
         plane = lanes[: in_cells * count].reshape(in_cells, count)
@@ -618,13 +617,11 @@ def _forward_lanes(start, stop, x5, out5, geom, taps, scale, finished, kind, ign
         windows = pooled[: cells * count]
         lines = plane.reshape(depth, height * width * count)
         _pool_plane(kind, ignore_nan, lines, geom, taps, identity[0], windows, lanes=True)
-        target = out5[first : first + count].reshape(count, cells)
-        if finished:
-            result = results[: cells * count].reshape(cells, count)
-            _finish(windows.reshape(1, cells, count), result.reshape(1, cells, count), scale, root)
-            _transpose(result, target)
-        else:
-            _transpose(windows.reshape(cells, count), target)
+        if divided:
+            result = finished[: cells * count]
+            _finish(windows.reshape(1, cells, count), result.reshape(1, cells, count), scale, 1.0)
+            windows = result
+        _transpose(windows.reshape(cells, count), out5[first : first + count].reshape(count, cells))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -695,18 +692,9 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
-    scale = _plane_scale(divisor, out5.shape[1:4])
-    if _as_lanes(x5.shape):  # the cell values of a group of planes, then pooled as lanes
-        group = max(1, GROUP_CELLS // (depth * height * width))
-        values = np.empty((group, depth, height, width, 1), dtype=np.float64)
-        for first in range(start, stop, group):
-            count = min(group, stop - first)
-            _cell_values(cell, power, x5[first : first + count], values[:count])
-            chunk = out5[first : first + count]
-            _forward_lanes(0, count, values[:count], chunk, geom, taps, scale, True, SUM, False, np.zeros(1), root)
-        return
     sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
+    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
@@ -719,71 +707,34 @@ def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, igno
 
     An index is ``origin`` plus the cell's row-major position in ``x5``'s
     spatial axes: ``origin`` places a band of a plane (see :func:`_bands`).
-    The lanes of a window (``I``) are scanned side by side, vectorised;
-    small channels-first planes are transposed to be such lanes
-    (:func:`_as_lanes`).
     """
-    _planes, depth, height, width, inner = x5.shape
-    if _as_lanes(x5.shape):
-        in_cells, out_cells = depth * height * width, out5.shape[1] * out5.shape[2] * out5.shape[3]
-        group = max(1, GROUP_CELLS // in_cells)
-        cells = np.empty(in_cells * group, dtype=x5.dtype)
-        values, places = np.empty(out_cells * group, dtype=out5.dtype), np.empty(out_cells * group, dtype=np.int64)
-        for first in range(start, stop, group):
-            count = min(group, stop - first)
-            lanes = cells[: in_cells * count].reshape(in_cells, count)
-            _transpose(x5[first : first + count].reshape(count, in_cells), lanes)
-            best = values[: out_cells * count].reshape(out_cells, count)
-            where = places[: out_cells * count].reshape(out_cells, count)
-            _scan_windows(
-                lanes.reshape(1, depth, height, width, count), best, where, geom, taps, origin, kind, ignore_nan
-            )
-            _transpose(best, out5[first : first + count].reshape(count, out_cells))
-            _transpose(where, idx5[first : first + count].reshape(count, out_cells))
-        return
-    for b in range(start, stop):
-        _scan_windows(
-            x5[b : b + 1], out5[b].reshape(-1, inner), idx5[b].reshape(-1, inner), geom, taps, origin, kind, ignore_nan
-        )
-
-
-@njit(nogil=True, cache=True)
-def _scan_windows(plane, best, where, geom, taps, origin, kind, ignore_nan):
-    """:func:`_forward_indices` of one ``plane (1, D, H, W, I)`` into ``best`` and ``where`` ``(od*oh*ow, I)``:
-    the taps of each window in row-major order, each over all lanes."""
-    _one, _depth, height, width, inner = plane.shape
+    _planes, _depth, height, width, inner = x5.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
-    cells, kept, spots, lanes = plane.reshape(-1), best.reshape(-1), where.reshape(-1), np.uint64(inner)
-    for zo in range(od):
-        for yo in range(oh):
-            for xo in range(ow):
-                put = np.uint64(((zo * oh + yo) * ow + xo) * inner)
-                started = False
-                for jd in range(geom[0, _KERNEL]):
-                    if not taps[0, jd, 0] <= zo < taps[0, jd, 1]:
-                        continue
-                    z = taps[0, jd, 2] + (zo - taps[0, jd, 0]) * geom[0, _STRIDE]
-                    for jh in range(geom[1, _KERNEL]):
-                        if not taps[1, jh, 0] <= yo < taps[1, jh, 1]:
-                            continue
-                        y = taps[1, jh, 2] + (yo - taps[1, jh, 0]) * geom[1, _STRIDE]
-                        for jw in range(geom[2, _KERNEL]):
-                            if not taps[2, jw, 0] <= xo < taps[2, jw, 1]:
+    for b in range(start, stop):
+        for i in range(inner):
+            for zo in range(od):
+                for yo in range(oh):
+                    for xo in range(ow):
+                        best = x5[b, 0, 0, 0, i]
+                        where = -1
+                        for jd in range(geom[0, _KERNEL]):
+                            if not taps[0, jd, 0] <= zo < taps[0, jd, 1]:
                                 continue
-                            x = taps[2, jw, 2] + (xo - taps[2, jw, 0]) * geom[2, _STRIDE]
-                            cell = (z * height + y) * width + x
-                            at, place = np.uint64(cell * inner), origin + cell
-                            if not started:
-                                for i in range(lanes):
-                                    kept[put + i] = cells[at + i]
-                                    spots[put + i] = place
-                                started = True
-                                continue
-                            for i in range(lanes):
-                                v = cells[at + i]
-                                takes = _takes(kind, ignore_nan, kept[put + i], v)
-                                kept[put + i] = v if takes else kept[put + i]
-                                spots[put + i] = place if takes else spots[put + i]
+                            z = taps[0, jd, 2] + (zo - taps[0, jd, 0]) * geom[0, _STRIDE]
+                            for jh in range(geom[1, _KERNEL]):
+                                if not taps[1, jh, 0] <= yo < taps[1, jh, 1]:
+                                    continue
+                                y = taps[1, jh, 2] + (yo - taps[1, jh, 0]) * geom[1, _STRIDE]
+                                for jw in range(geom[2, _KERNEL]):
+                                    if not taps[2, jw, 0] <= xo < taps[2, jw, 1]:
+                                        continue
+                                    x = taps[2, jw, 2] + (xo - taps[2, jw, 0]) * geom[2, _STRIDE]
+                                    v = x5[b, z, y, x, i]
+                                    if where < 0 or _takes(kind, ignore_nan, best, v):
+                                        best = v
+                                        where = origin + (z * height + y) * width + x
+                        out5[b, zo, yo, xo, i] = best
+                        idx5[b, zo, yo, xo, i] = where
 
 
 @njit(nogil=True, cache=True)
@@ -834,47 +785,6 @@ def _scale_into(result, target, local5, b):
     else:
         for f in range(result.size):
             target[f] = result[f]
-
-
-@njit(nogil=True, cache=True)
-def _spread_lanes(start, stop, grad5, dx5, local5, divisor, first_table, second_table):
-    """:func:`_spread` (window tables) or :func:`_bins_spread` (bins tables) of small channels-first planes
-    (:func:`_as_lanes`), ``GROUP_CELLS`` cells' worth at a time, transposed so that the planes are the
-    lanes of one plane (as :func:`_forward_lanes` does forward)."""
-    _spread_in_lanes(start, stop, grad5, dx5, local5, divisor, first_table, second_table)
-
-
-def _spread_in_lanes(start, stop, grad5, dx5, local5, divisor, first_table, second_table):
-    """The body of :func:`_spread_lanes`, compiled through the overload below for the spread its tables
-    name (a spread passed as an argument would be compiled anew in every process: Numba does not cache
-    functions that take functions)."""
-
-
-@overload(_spread_in_lanes, jit_options={"nogil": True})
-def _compile_spread_in_lanes(start, stop, grad5, dx5, local5, divisor, first_table, second_table):
-    spread = _bins_spread if second_table.ndim == 1 else _spread  # bins: (bounds, outs); windows: (geom, taps)
-
-    def in_lanes(start, stop, grad5, dx5, local5, divisor, first_table, second_table):
-        _planes, depth, height, width, _inner = dx5.shape
-        od, oh, ow = grad5.shape[1], grad5.shape[2], grad5.shape[3]
-        in_cells, out_cells = depth * height * width, od * oh * ow
-        group = max(1, GROUP_CELLS // in_cells)
-        grads = np.empty(out_cells * group, dtype=grad5.dtype)
-        cells = np.empty(in_cells * group, dtype=dx5.dtype)
-        factors = np.empty(in_cells * group if local5.size else 0, dtype=local5.dtype)
-        for first in range(start, stop, group):
-            count = min(group, stop - first)
-            grad = grads[: out_cells * count].reshape(out_cells, count)
-            _transpose(grad5[first : first + count].reshape(count, out_cells), grad)
-            local = factors[: in_cells * count if local5.size else 0]
-            if local5.size:
-                _transpose(local5[first : first + count].reshape(count, in_cells), local.reshape(in_cells, count))
-            lanes = cells[: in_cells * count].reshape(1, depth, height, width, count)
-            local_lanes = local.reshape(1 if local5.size else 0, depth, height, width, count)
-            spread(0, 1, grad.reshape(1, od, oh, ow, count), lanes, local_lanes, divisor, first_table, second_table)
-            _transpose(lanes.reshape(in_cells, count), dx5[first : first + count].reshape(count, in_cells))
-
-    return in_lanes
 
 
 # ---------------------------------------------------------------- adaptive and global bins
@@ -1479,10 +1389,7 @@ def _backward(dy, x, y, indices, geometry, reduction, spread, tables) -> np.ndar
     grad5 = _as_five(grad if grad.dtype in (np.float32, np.float64) else grad.astype(np.float64), channels_last)
     local = reduction.cell_gradient(x)
     local5 = np.ones((0, 1, 1, 1, 1)) if local is None else _as_five(local, channels_last)
-    if _as_lanes(dx5.shape):
-        _launch(_spread_lanes, dx5, grad5, dx5, local5, _divisors(reduction, geometry), *tables)
-    else:
-        _launch(spread, dx5, grad5, dx5, local5, _divisors(reduction, geometry), *tables)
+    _launch(spread, dx5, grad5, dx5, local5, _divisors(reduction, geometry), *tables)
     return dx.astype(dx_dtype, copy=False)
 
 
