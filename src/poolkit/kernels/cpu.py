@@ -194,34 +194,21 @@ def _fused_line_pass(kind, src, dst, geom, taps, identity):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _edge_windows(kind, cells, targets, line, taps, a, first, stop, identity, rows):
+def _edge_windows(kind, cells, targets, line, taps, a, first, stop, identity):
     """Windows ``first .. stop-1`` of line ``a`` of :func:`_fused_pass`: each the fold of its taps inside the line.
 
     The taps are the axis's (see :func:`_tables`), so padding is skipped and
-    the taps are taken in order, as the direct scan does. ``rows`` (at
-    least ``kernel`` long) takes the line positions of a window's taps, so
-    that the loop over the lanes, innermost, folds a fixed number of cells
-    and vectorises.
+    the taps are taken in order, as the direct scan does.
     """
     _lines, length, inner, out, _low, _high, kernel, stride, _start = line
-    lanes = np.uint64(inner)
     for o in range(first, stop):
-        taken = 0
-        for j in range(kernel):
-            if taps[j, 0] <= o < taps[j, 1]:
-                rows[taken] = (a * length + taps[j, 2] + (o - taps[j, 0]) * stride) * inner
-                taken += 1
-        put = np.uint64((a * out + o) * inner)
-        r0, r1, r2, r3 = np.uint64(rows[0]), np.uint64(rows[1]), np.uint64(rows[2]), np.uint64(rows[3])
-        for i in range(lanes):  # taken >= 1: a window of padding only is refused by the Window
-            acc = _combine(kind, False, identity, cells[r0 + i])
-            if taken > 1:
-                acc = _combine(kind, False, acc, cells[r1 + i])
-            if taken > 2:
-                acc = _combine(kind, False, acc, cells[r2 + i])
-            if taken > 3:
-                acc = _combine(kind, False, acc, cells[r3 + i])
-            targets[put + i] = acc
+        for i in range(inner):
+            acc = identity
+            for j in range(kernel):
+                if taps[j, 0] <= o < taps[j, 1]:
+                    p = taps[j, 2] + (o - taps[j, 0]) * stride
+                    acc = _combine(kind, False, acc, cells[(a * length + p) * inner + i])
+            targets[(a * out + o) * inner + i] = acc
 
 
 def _fused_pass(kind, cells, targets, line, taps, identity):
@@ -265,9 +252,8 @@ def _fused_for(fixed_kind):
     def fused(kind, cells, targets, line, taps, identity):
         lines, length, inner, out, low, high, kernel, stride, start = line
         count = high - low
-        rows = np.zeros(FUSED_KERNEL, dtype=np.int64)
         for a in range(lines):
-            _edge_windows(fixed_kind, cells, targets, line, taps, a, 0, low, identity, rows)
+            _edge_windows(fixed_kind, cells, targets, line, taps, a, 0, low, identity)
             at, into = a * length + start + low * stride, a * out + low
             if inner > 1:
                 for o in range(count):
@@ -292,7 +278,7 @@ def _fused_for(fixed_kind):
                 _fused_row(fixed_kind, cells, at, targets, into, count, 3, 3, identity)
             else:
                 _fused_row(fixed_kind, cells, at, targets, into, count, 4, 4, identity)
-            _edge_windows(fixed_kind, cells, targets, line, taps, a, high, out, identity, rows)
+            _edge_windows(fixed_kind, cells, targets, line, taps, a, high, out, identity)
 
     return fused
 
@@ -532,22 +518,20 @@ def _strip(axis, axis_taps, first, stop, strip_axis, strip_taps):
 
 
 @njit(nogil=True, cache=True)
-def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target, lanes=False):
+def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target):
     """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
 
     Axes go W, H, then D: rows first. Combining each window's rows before
     its columns keeps the row-major scan order of a direct scan, so a tie
     (``+0.0`` against ``-0.0``) resolves to the first cell and a NaN to the
     last, as PyTorch's scan does. Axes the Window marks as identities are
-    skipped; the last pass writes straight into ``target``. With ``lanes``,
-    ``I`` counts planes pooled side by side (:func:`_forward_lanes`), whose
-    sums go W first too, whatever ``I``.
+    skipped; the last pass writes straight into ``target``.
     """
     depth, rest = plane.shape
     od, oh, ow = geom[0, _OUT], geom[1, _OUT], geom[2, _OUT]
     height, width = geom[1, _SIZE], geom[2, _SIZE]
     inner = rest // (height * width)
-    rows_last = kind == SUM and inner == 1 and not geom[2, _SLIDING] and not lanes
+    rows_last = kind == SUM and inner == 1 and not geom[2, _SLIDING]
     # one plane in, one plane out (a D axis that pads out to more planes needs its own pass), larger than a strip
     strips = depth == 1 and od == 1 and height * max(ow, width // 2) * inner > STRIP_CELLS
     if strips and not geom[1, _IDENTITY]:
@@ -584,11 +568,8 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     """
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
-    scale = _plane_scale(divisor, out5.shape[1:4])
-    if _as_lanes(x5.shape):
-        _forward_lanes(start, stop, x5, out5, geom, taps, scale, divisor.size > 0, kind, ignore_nan, identity)
-        return
     sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
+    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         if divisor.size:
@@ -596,32 +577,6 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
             _finish(sums, out5[b].reshape(1, cells, inner), scale, 1.0)
         else:
             _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1))
-
-
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
-def _forward_lanes(start, stop, x5, out5, geom, taps, scale, divided, kind, ignore_nan, identity):
-    """:func:`_forward_direct` of small channels-first planes (:func:`_as_lanes`), ``GROUP_CELLS`` input
-    cells' worth at a time, transposed so that the planes are the lanes of one plane: the passes then run
-    across the planes, vectorised, instead of along rows of a few cells, and a plane costs no call of its
-    own. Each plane's cells combine in the order of a channels-last plane's."""
-    _planes, depth, height, width, _inner = x5.shape
-    in_cells, cells = depth * height * width, out5.shape[1] * out5.shape[2] * out5.shape[3]
-    group = max(1, GROUP_CELLS // in_cells)
-    lanes = np.empty(in_cells * group, dtype=x5.dtype)
-    pooled = np.empty(cells * group, dtype=out5.dtype)
-    finished = np.empty(cells * group if divided else 0, dtype=out5.dtype)
-    for first in range(start, stop, group):
-        count = min(group, stop - first)
-        plane = lanes[: in_cells * count].reshape(in_cells, count)
-        _transpose(x5[first : first + count].reshape(count, in_cells), plane)
-        windows = pooled[: cells * count]
-        lines = plane.reshape(depth, height * width * count)
-        _pool_plane(kind, ignore_nan, lines, geom, taps, identity[0], windows, lanes=True)
-        if divided:
-            result = finished[: cells * count]
-            _finish(windows.reshape(1, cells, count), result.reshape(1, cells, count), scale, 1.0)
-            windows = result
-        _transpose(windows.reshape(cells, count), out5[first : first + count].reshape(count, cells))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -792,8 +747,8 @@ def _scale_into(result, target, local5, b):
 
 GROUP_CELLS = 1 << 15  # bins kernels pool this many input cells' planes at a time (intermediates stay in cache)
 SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _launch)
-LANE_CELLS = 1024  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
-LANE_ROW = 32  # pooled with the planes as lanes (see _as_lanes)
+LANE_CELLS = 256  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
+LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
 TRANSPOSE_ROWS = 16  # rows of a block in _transpose
 STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
 DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
@@ -968,9 +923,9 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, target):
     vectorised, instead of along rows of a few cells. Each plane's cells are
     combined in the same order either way.
     """
-    planes, depth, height, width, _inner = group.shape
+    planes, depth, height, width, inner = group.shape
     cells = depth * height * width
-    if planes == 1 or not _as_lanes(group.shape):
+    if inner != 1 or planes == 1 or cells > LANE_CELLS or width > LANE_ROW:
         _bins_passes(kind, ignore_nan, group, bounds, outs, target)
         return
     lanes = np.empty((cells, planes), dtype=group.dtype)
@@ -985,13 +940,6 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, target):
         pooled.reshape(1, outs[0], outs[1], outs[2], planes),
     )
     _transpose(pooled, target.reshape(planes, pooled.shape[0]))
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _as_lanes(shape):
-    """Whether planes of the five-axis ``shape`` are pooled many at a time as the lanes of one plane: small
-    channels-first planes, of at most ``LANE_CELLS`` cells in rows of at most ``LANE_ROW``."""
-    return shape[4] == 1 and shape[1] * shape[2] * shape[3] <= LANE_CELLS and shape[3] <= LANE_ROW
 
 
 @njit(nogil=True, cache=True, inline="always")
