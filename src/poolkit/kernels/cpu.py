@@ -569,67 +569,55 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
     sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
-    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         if divisor.size:
             _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], sums.reshape(-1))
-            _finish(sums, out5[b].reshape(1, cells, inner), scale, 1.0)
+            _finish(sums, out5[b].reshape(1, cells, inner), divisor, out5.shape[1:4], 1.0)
         else:
             _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1))
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _plane_scale(divisor, outs):
-    """The scale of each window of one plane, ``(od*oh*ow,)`` for ``outs = (od, oh, ow)``: the product of its
-    factors in ``divisor``, the ``(3, M)`` table of per-axis factors (D, H, W), or one where ``divisor`` is
-    empty (sums that are not divided).
+def _finish(windows, target, divisor, outs, root):
+    """``target = (windows / scale) ** (1/root)`` for windows ``(B, od*oh*ow, I)``: the finish step of a sum.
 
-    Kernels form it once per call, for all their planes (see :func:`_finish`): one plane's worth, never an
-    output-sized array.
+    ``outs`` is ``(od, oh, ow)``. A window's scale is the product of its
+    factors in ``divisor``, the ``(3, M)`` table of per-axis factors (D, H,
+    W), or one where ``divisor`` is empty (sums that are not divided). It is
+    formed as the loops go, never as an output-sized array. ``target`` is
+    not ``windows``: LLVM does not vectorise a loop whose store may overlap
+    its loads. One value per plane (global pooling) is finished
+    along the planes, in one vectorised loop. Its callers compile with
+    NumPy's error model: under Python's, every division tests its divisor
+    for zero and raises, which keeps LLVM from vectorising the divisions
+    (twice the time). No scale is zero: each factor counts cells or is a
+    divisor override the Window has checked.
     """
+    planes, inner = windows.shape[0], windows.shape[2]
     od, oh, ow = outs[0], outs[1], outs[2]
-    scale = np.ones(od * oh * ow)
-    if divisor.size > 0:
-        for z in range(od):
-            for y in range(oh):
-                across = divisor[0, z] * divisor[1, y]
-                for x in range(ow):
-                    scale[(z * oh + y) * ow + x] = across * divisor[2, x]
-    return scale
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _finish(windows, target, scale, root):
-    """``target = (windows / scale) ** (1/root)`` for windows ``(B, cells, I)``: the finish step of a sum.
-
-    ``scale`` is :func:`_plane_scale`, one value per window of a plane.
-    ``target`` is not ``windows``: LLVM does not vectorise a loop whose
-    store may overlap its loads. Channels-first windows are finished along
-    each plane's windows, or along the planes where a plane has one window
-    (global pooling); channels-last ones along the lanes. Its callers
-    compile with NumPy's error model: under Python's, every division tests
-    its divisor for zero and raises, which keeps LLVM from vectorising the
-    divisions (twice the time). No scale is zero: each factor counts cells
-    or is a divisor override the Window has checked.
-    """
-    planes, cells, inner = windows.shape
-    sums, results = windows.reshape(-1), target.reshape(-1)
-    if cells * inner == 1:
-        for b in range(np.uint64(planes)):
-            results[b] = _rooted(sums[b] / scale[0], root)
-        return
-    if inner == 1:
+    divided = divisor.size > 0
+    if od * oh * ow * inner == 1:
+        scale = divisor[0, 0] * divisor[1, 0] * divisor[2, 0] if divided else 1.0
         for b in range(planes):
-            base = np.uint64(b * cells)
-            for c in range(np.uint64(cells)):
-                results[base + c] = _rooted(sums[base + c] / scale[c], root)
+            target[b, 0, 0] = _rooted(windows[b, 0, 0] / scale, root)
         return
     for b in range(planes):
-        for c in range(cells):
-            at, by = np.uint64((b * cells + c) * inner), scale[c]
-            for i in range(np.uint64(inner)):
-                results[at + i] = _rooted(sums[at + i] / by, root)
+        sums, results = windows[b].reshape(-1), target[b].reshape(-1)
+        for z in range(od):
+            for y in range(oh):
+                across = divisor[0, z] * divisor[1, y] if divided else 1.0
+                row = np.uint64((z * oh + y) * ow * inner)
+                if inner == 1:  # one loop along the row, vectorised
+                    for x in range(np.uint64(ow)):
+                        scale = across * divisor[2, x] if divided else 1.0
+                        results[row + x] = _rooted(sums[row + x] / scale, root)
+                    continue
+                for x in range(ow):
+                    scale = across * divisor[2, x] if divided else 1.0
+                    at = row + np.uint64(x * inner)
+                    for i in range(np.uint64(inner)):
+                        results[at + i] = _rooted(sums[at + i] / scale, root)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -649,11 +637,10 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
     sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
-    scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
         _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
-        _finish(sums, out5[b].reshape(1, cells, inner), scale, root)
+        _finish(sums, out5[b].reshape(1, cells, inner), divisor, out5.shape[1:4], root)
 
 
 @njit(nogil=True, cache=True)
@@ -716,9 +703,8 @@ def _spread(start, stop, grad5, dx5, local5, divisor, geom, taps):
     along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
     along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
     along_w = np.empty((depth * height, width, inner), dtype=np.float64)
-    scale = _plane_scale(divisor, (od, oh, ow))
     for b in range(start, stop):
-        _finish(grad5[b].reshape(scaled.shape), scaled, scale, 1.0)
+        _finish(grad5[b].reshape(scaled.shape), scaled, divisor, (od, oh, ow), 1.0)
         stacks = scaled.reshape(1, od, oh * ow * inner)
         if not geom[0, _IDENTITY]:
             _line_adjoint(stacks, along_d, geom[0], taps[0])
@@ -749,7 +735,6 @@ GROUP_CELLS = 1 << 15  # bins kernels pool this many input cells' planes at a ti
 SERIAL_CELLS = 1 << 15  # calls on fewer cells run on the calling thread (see _launch)
 LANE_CELLS = 256  # channels-first planes of at most this many cells, in rows of at most LANE_ROW, are
 LANE_ROW = 16  # pooled with the planes as lanes (see _bins_group)
-TRANSPOSE_ROWS = 16  # rows of a block in _transpose
 STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many intermediate cells (see _plane_strips)
 DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
 LANE_BLOCK = 64  # ... but at least this many lanes, enough to fill the vector registers
@@ -929,7 +914,10 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, target):
         _bins_passes(kind, ignore_nan, group, bounds, outs, target)
         return
     lanes = np.empty((cells, planes), dtype=group.dtype)
-    _transpose(group.reshape(planes, cells), lanes)
+    flat = group.reshape(planes, cells)
+    for b in range(planes):
+        for c in range(cells):
+            lanes[c, b] = flat[b, c]
     pooled = np.empty((outs[0] * outs[1] * outs[2], planes), dtype=target.dtype)
     _bins_passes(
         kind,
@@ -939,22 +927,10 @@ def _bins_group(kind, ignore_nan, group, bounds, outs, target):
         outs,
         pooled.reshape(1, outs[0], outs[1], outs[2], planes),
     )
-    _transpose(pooled, target.reshape(planes, pooled.shape[0]))
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _transpose(src, dst):
-    """``dst[c, r] = src[r, c]``, ``TRANSPOSE_ROWS`` rows of ``src`` at a time: each column of a block is
-    then a short run of ``dst``, and a block's rows stay in cache while its columns are read."""
-    rows, columns = src.shape
-    whole = rows - rows % TRANSPOSE_ROWS
-    for first in range(0, whole, TRANSPOSE_ROWS):
-        for c in range(columns):
-            for r in range(TRANSPOSE_ROWS):
-                dst[c, first + r] = src[first + r, c]
-    for c in range(columns):
-        for r in range(whole, rows):
-            dst[c, r] = src[r, c]
+    result = target.reshape(planes, pooled.shape[0])
+    for b in range(planes):
+        for c in range(pooled.shape[0]):
+            result[b, c] = pooled[c, b]
 
 
 @njit(nogil=True, cache=True)
@@ -963,15 +939,10 @@ def _bins_passes(kind, ignore_nan, group, bounds, outs, target):
 
     Rows go first so that ties resolve as in a row-major scan (as in
     :func:`_pool_plane`); an axis of one bin per cell is skipped, and the
-    last pass writes into ``target``. Selects over channels-first rows that
-    are also reduced along H or D go the other way round
-    (:func:`_bins_columns_first`).
+    last pass writes into ``target``.
     """
     planes, depth, height, width, inner = group.shape
     od, oh, ow = outs[0], outs[1], outs[2]
-    if kind != SUM and inner == 1 and ow != width and (oh != height or od != depth):
-        _bins_columns_first(kind, ignore_nan, group, bounds, outs, target)
-        return
     last = 0 if od != depth else (1 if oh != height else 2)
     if ow == width:
         along_w = group.reshape(planes * depth * height, width, inner).astype(target.dtype)
@@ -999,79 +970,6 @@ def _bins_passes(kind, ignore_nan, group, bounds, outs, target):
 
 
 @njit(nogil=True, cache=True)
-def _bins_columns_first(kind, ignore_nan, group, bounds, outs, target):
-    """Selects over channels-first planes ``group (G, D, H, W, 1)``: axes H, then D, then W, then ties settled.
-
-    Along H and D the passes combine whole rows, vectorised across W; the
-    runs along W that are left are ``od*oh`` rows instead of ``D*H``
-    (adaptive max 112x112 to 5x5: 5 rows of a plane where W first scans
-    112). A bin's result does not depend on the order its cells are
-    combined in, unless it is a zero (``-0`` and ``+0`` tie, and the first
-    one in row-major order must win) or a NaN (whose payload the order
-    picks): those bins are scanned again in row-major order
-    (:func:`_settle`).
-    """
-    planes, depth, height, width, _inner = group.shape
-    od, oh, ow = outs[0], outs[1], outs[2]
-    rows = group.reshape(planes * depth, height, width)
-    along_h = rows
-    if oh != height:
-        along_h = np.empty((planes * depth, oh, width), dtype=group.dtype)
-        _bins_line(kind, ignore_nan, rows, along_h, bounds[1])
-    along_d = along_h.reshape(planes, depth, oh * width)
-    if od != depth:
-        along_d = np.empty((planes, od, oh * width), dtype=group.dtype)
-        _bins_line(kind, ignore_nan, along_h.reshape(planes, depth, oh * width), along_d, bounds[0])
-    lines = along_d.reshape(planes * od * oh, width, 1)
-    _bins_line(kind, ignore_nan, lines, target.reshape(planes * od * oh, ow, 1), bounds[2])
-    _settle(kind, ignore_nan, group, bounds, outs, target)
-
-
-@njit(nogil=True, cache=True)
-def _settle(kind, ignore_nan, group, bounds, outs, target):
-    """Bins of ``target`` whose select is a zero or a NaN, scanned again in row-major order (see
-    :func:`_bins_columns_first`): a zero is the bin's first cell equal to zero, a NaN the rule's
-    (:func:`_scan_bin`)."""
-    for b in range(group.shape[0]):
-        for zo in range(outs[0]):
-            for yo in range(outs[1]):
-                for xo in range(outs[2]):
-                    v = target[b, zo, yo, xo, 0]
-                    if v == 0:
-                        target[b, zo, yo, xo, 0] = _first_zero(group[b], bounds, zo, yo, xo)
-                    elif v != v:
-                        target[b, zo, yo, xo, 0] = _scan_bin(kind, ignore_nan, group[b], bounds, zo, yo, xo, 0)[0]
-
-
-@njit(nogil=True, cache=True)
-def _first_zero(plane, bounds, zo, yo, xo):
-    """The first cell of bin ``(zo, yo, xo)`` of ``plane (D, H, W, 1)``, in row-major order, equal to zero."""
-    for z in range(bounds[0, zo, 0], bounds[0, zo, 1]):
-        for y in range(bounds[1, yo, 0], bounds[1, yo, 1]):
-            for x in range(bounds[2, xo, 0], bounds[2, xo, 1]):
-                if plane[z, y, x, 0] == 0:
-                    return plane[z, y, x, 0]
-    return plane[0, 0, 0, 0] * 0  # not reached: a zero select is one of the bin's cells
-
-
-@njit(nogil=True, cache=True)
-def _scan_bin(kind, ignore_nan, plane, bounds, zo, yo, xo, i):
-    """The select of bin ``(zo, yo, xo)`` of lane ``i`` of ``plane (D, H, W, I)`` and its row-major index,
-    scanned in row-major order (first maximum, last NaN)."""
-    height, width = plane.shape[1], plane.shape[2]
-    best = plane[bounds[0, zo, 0], bounds[1, yo, 0], bounds[2, xo, 0], i]
-    where = -1
-    for z in range(bounds[0, zo, 0], bounds[0, zo, 1]):
-        for y in range(bounds[1, yo, 0], bounds[1, yo, 1]):
-            for x in range(bounds[2, xo, 0], bounds[2, xo, 1]):
-                v = plane[z, y, x, i]
-                if where < 0 or _takes(kind, ignore_nan, best, v):
-                    best = v
-                    where = (z * height + y) * width + x
-    return best, where
-
-
-@njit(nogil=True, cache=True)
 def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, group):
     """Max or min over the bins of planes ``start:stop``, values only, in the input's dtype."""
     for first in range(start, stop, group):
@@ -1086,7 +984,6 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
     cells = outs[0] * outs[1] * outs[2]
     sums = np.empty((group, outs[0], outs[1], outs[2], inner), dtype=np.float64)
     values = np.empty((group if cell != CELL_FLOAT else 0, depth, height, width, inner), dtype=np.float64)
-    scale = _plane_scale(divisor, outs)
     for first in range(start, stop, group):
         last = min(first + group, stop)
         count = last - first
@@ -1096,21 +993,29 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
             _cell_values(cell, power, x5[first:last], values[:count])
             _bins_group(SUM, False, values[:count], bounds, outs, sums[:count])
         finished = out5[first:last].reshape(count, cells, inner)
-        _finish(sums[:count].reshape(count, cells, inner), finished, scale, root)
+        _finish(sums[:count].reshape(count, cells, inner), finished, divisor, outs, root)
 
 
 @njit(nogil=True, cache=True)
 def _bins_indices(start, stop, kind, ignore_nan, x5, out5, idx5, bounds, outs):
     """Selects with indices: each bin scanned in row-major order (first maximum, last NaN)."""
-    inner = x5.shape[4]
+    _planes, _depth, height, width, inner = x5.shape
     for b in range(start, stop):
         for zo in range(outs[0]):
             for yo in range(outs[1]):
                 for xo in range(outs[2]):
                     for i in range(inner):
-                        out5[b, zo, yo, xo, i], idx5[b, zo, yo, xo, i] = _scan_bin(
-                            kind, ignore_nan, x5[b], bounds, zo, yo, xo, i
-                        )
+                        best = x5[b, bounds[0, zo, 0], bounds[1, yo, 0], bounds[2, xo, 0], i]
+                        where = -1
+                        for z in range(bounds[0, zo, 0], bounds[0, zo, 1]):
+                            for y in range(bounds[1, yo, 0], bounds[1, yo, 1]):
+                                for x in range(bounds[2, xo, 0], bounds[2, xo, 1]):
+                                    v = x5[b, z, y, x, i]
+                                    if where < 0 or _takes(kind, ignore_nan, best, v):
+                                        best = v
+                                        where = (z * height + y) * width + x
+                        out5[b, zo, yo, xo, i] = best
+                        idx5[b, zo, yo, xo, i] = where
 
 
 @njit(nogil=True, cache=True)
@@ -1134,9 +1039,8 @@ def _bins_spread(start, stop, grad5, dx5, local5, divisor, bounds, outs):
     along_d = np.empty((1, depth, oh * ow * inner), dtype=np.float64)
     along_h = np.empty((depth, height, ow * inner), dtype=np.float64)
     along_w = np.empty((depth * height, width, inner), dtype=np.float64)
-    scale = _plane_scale(divisor, outs)
     for b in range(start, stop):
-        _finish(grad5[b].reshape(scaled.shape), scaled, scale, 1.0)
+        _finish(grad5[b].reshape(scaled.shape), scaled, divisor, outs, 1.0)
         _bins_adjoint(scaled.reshape(1, od, oh * ow * inner), along_d, bounds[0])
         _bins_adjoint(along_d.reshape(depth, oh, ow * inner), along_h, bounds[1])
         _bins_adjoint(along_h.reshape(depth * height, ow, inner), along_w, bounds[2])
@@ -1234,7 +1138,7 @@ def _divisors(reduction: Reduction, geometry) -> np.ndarray:
 
     Short per-axis vectors (:meth:`Window.divisor_factors`) rather than an
     output-sized array for the whole call: each kernel call builds the scale of
-    one plane's windows from them (:func:`_plane_scale`).
+    one plane's windows from them (:func:`_finish`).
     """
     factors = reduction.divisor_factors_of(geometry)
     per_axis = () if factors is None else (np.ones(1),) * (3 - len(factors)) + factors
