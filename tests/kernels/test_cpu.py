@@ -39,6 +39,8 @@ def cases(draw):
         dilation = tuple(draw(st.integers(1, 2)) for _ in range(rank))
     padding = draw(st.sampled_from(["same", "same_lower"]) | st.tuples(*[st.integers(0, k // 2) for k in kernel]))
     sizes = tuple(draw(st.integers(1, 12 if rank < 3 else 6)) for _ in range(rank))
+    if draw(st.booleans()):  # rows too long for small channels-first planes to be pooled as lanes (_as_lanes)
+        sizes = (*sizes[:-1], draw(st.integers(cpu.LANE_ROW + 1, cpu.LANE_ROW + 8)))
     shape = (draw(st.integers(0, 2)), draw(st.integers(1, 5)), *sizes)
     dtype = draw(st.sampled_from(DTYPES))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -466,6 +468,35 @@ def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
     np.testing.assert_array_equal(y.view(bits), expected.view(bits))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("name", ["max", "min", "max-ignore-nan"])
+@pytest.mark.parametrize(
+    ("shape", "output"), [((3, 2, 23, 37), (5, 4)), ((2, 1, 6, 9, 11), (2, 3, 4)), ((1, 2, 8, 9), (3, 9))]
+)
+def test_selects_along_columns_first_agree_bit_for_bit(dtype, name, shape, output):
+    """Channels-first selects pooled along H (and D) before W: zero ties and NaN payloads come out as the
+    row-major scan's, with many bins all zeros, all NaNs, or holding NaNs of several payloads."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    bins = pk.geometry.Bins.adaptive(shape[2:], output)
+    if x.dtype.kind == "f":
+        x[x == 0] = rng.choice(np.array([0.0, -0.0], dtype=dtype), int((x == 0).sum()))
+        x[0, 0] = np.abs(x[0, 0]) * 0  # a plane of zeros of both signs
+        bits = np.int32 if dtype == np.float32 else np.int64
+        payloads = np.arange(1, 9, dtype=bits)
+        nans = (np.array([np.nan], dtype=dtype).view(bits) | payloads).view(dtype)
+        flat = x.reshape(-1)
+        flat[rng.choice(flat.size, flat.size // 20, replace=False)] = rng.choice(
+            np.concatenate([nans, -nans]), flat.size // 20
+        )
+        x[-1, -1] = -nans[3]  # a plane of one NaN
+    reduction = REDUCTIONS[name]
+    y, _ = cpu.bins_forward(x, bins, reduction)
+    expected, _ = pk.kernels.numpy_ref.bins_forward(x, bins, reduction)
+    view = {np.float32: np.int32, np.float64: np.int64, np.int16: np.int16}[dtype]
+    np.testing.assert_array_equal(y.view(view), expected.view(view))
+
+
 @pytest.mark.parametrize("dy_dtype", [np.float16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("op", ["avg", "lp"])
 def test_pullbacks_of_sums_take_dy_of_any_dtype(op, dy_dtype):
@@ -495,7 +526,8 @@ def test_windows_of_adjacent_taps_agree_bit_for_bit(op, kernel, stride, channels
     nans = (np.array([np.nan] * 3, dtype=np.float32).view(np.int32) | np.arange(1, 4, dtype=np.int32)).view(np.float32)
     choices = np.concatenate([[0.0, -0.0, 1.0, -1.0, 2.0, np.inf, -np.inf], nans]).astype(np.float32)
     paddings = [(0, False), (kernel // 2, False), (kernel // 2, True), ("same", False), ("same_lower", False)]
-    for shape, (padding, ceil_mode) in itertools.product([(2, 3, 13, 29), (1, 2, 1, 2)], paddings):
+    # Channels-first planes of (13, 29) are pooled as lanes (_as_lanes), of (5, 41) one by one along rows.
+    for shape, (padding, ceil_mode) in itertools.product([(2, 3, 13, 29), (1, 2, 5, 41), (1, 2, 1, 2)], paddings):
         x = rng.choice(choices[:5] if op is pk.avg_pool2d else choices, size=shape)  # (1, 2): taps outside the line
         x = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if channels_last else x
         params = dict(stride=stride, padding=padding, ceil_mode=ceil_mode, channels_last=channels_last)
