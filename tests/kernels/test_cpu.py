@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -187,6 +188,31 @@ def test_big_endian_and_read_only_inputs(op):
         dx = pullback(np.ones(y.shape, dtype=">f8"))
         _, reference = pk.vjp(op, x, 3, 2, 1, backend="numpy")
         np.testing.assert_allclose(dx, reference(np.ones(y.shape)), rtol=1e-12)
+
+
+def _compiled_signatures() -> int:
+    return sum(len(f.signatures) for f in vars(cpu).values() if isinstance(f, numba.core.dispatcher.Dispatcher))
+
+
+@pytest.mark.parametrize("op", [pk.max_pool2d, pk.avg_pool2d, pk.lp_pool2d, pk.adaptive_max_pool2d])
+@pytest.mark.parametrize("shape", [(2, 3, 9, 9), (1, 2, 40, 40)])  # small planes as lanes, larger one by one
+def test_read_only_inputs_run_the_kernels_compiled_for_writeable_ones(op, shape):
+    """A read-only input (a Dask chunk, a memory map) and a read-only gradient compile nothing more, give the
+    same bits and are not written."""
+    args = (3,) if op is pk.adaptive_max_pool2d else (2, 3, 2) if op is pk.lp_pool2d else (3, 2, 1)
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    y, pullback = pk.vjp(op, x, *args)
+    dx = pullback(np.ones_like(y))
+    before = _compiled_signatures()
+    frozen, ones = x.copy(), np.ones_like(y)
+    frozen.flags.writeable = ones.flags.writeable = False
+    y_frozen, pullback_frozen = pk.vjp(op, frozen, *args)
+    dx_frozen = pullback_frozen(ones)
+    assert _compiled_signatures() == before
+    np.testing.assert_array_equal(y_frozen, y)
+    np.testing.assert_array_equal(dx_frozen, dx)
+    np.testing.assert_array_equal(frozen, x)
+    assert (ones == 1).all() and not frozen.flags.writeable
 
 
 def test_averages_divide_like_the_reference_and_torch():

@@ -50,7 +50,11 @@ from ..geometry import Bins, Window
 from ..reducers import Reduction, gradient_dtype
 from . import is_sliding, numpy_ref
 
-SUM, MAX, MIN = 0, 1, 2
+# NumPy integers, not Python ints: a jitted call that passes a Python constant types it as a literal and
+# compiles the callee once more for it (every kernel that sums with SUM, False would compile twice per dtype)
+SUM, MAX, MIN = np.int64(0), np.int64(1), np.int64(2)
+KEEP_NANS = np.bool_(False)  # ignore_nan=False as a constant argument
+PLANES, LANES = np.bool_(False), np.bool_(True)  # the lanes argument of _pool_plane
 CELL_FLOAT, CELL_ABS, CELL_SQUARE, CELL_POWER = 1, 2, 3, 4
 
 _KINDS = {"sum": SUM, "max": MAX, "min": MIN}
@@ -185,12 +189,12 @@ def _fused_line_pass(kind, src, dst, geom, taps, identity):
     low = min(low, out)  # a tap that never falls inside the line may start past the last window
     line = (lines, length, inner, out, low, max(low, high), kernel, geom[_STRIDE], geom[_START])
     cells, targets, table = src.reshape(-1), dst.reshape(-1), taps[:kernel].copy()  # a copy: one array type
-    if kind == SUM:  # a literal kind (see _fused_pass)
-        _fused_pass(SUM, cells, targets, line, table, identity)
+    if kind == SUM:  # a literal kind (see _fused_pass): 0, 1, 2 are the Python ints of SUM, MAX, MIN
+        _fused_pass(0, cells, targets, line, table, identity)
     elif kind == MAX:
-        _fused_pass(MAX, cells, targets, line, table, identity)
+        _fused_pass(1, cells, targets, line, table, identity)
     else:
-        _fused_pass(MIN, cells, targets, line, table, identity)
+        _fused_pass(2, cells, targets, line, table, identity)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -253,9 +257,17 @@ def _fused_pass(kind, cells, targets, line, taps, identity):
 
 @overload(_fused_pass, prefer_literal=True, jit_options={"nogil": True})
 def _compile_fused_pass(kind, cells, targets, line, taps, identity):
-    if isinstance(kind, types.IntegerLiteral):
-        return _fused_for(kind.literal_value)
-    return None  # no implementation: a call with a kind that is not a literal is a typing error
+    if not isinstance(kind, types.IntegerLiteral):
+        return None  # no implementation: a call with a kind that is not a literal is a typing error
+    if kind.literal_value == SUM and isinstance(identity, types.Integer):
+        return _integers_never_summed
+    return _fused_for(kind.literal_value)
+
+
+def _integers_never_summed(kind, cells, targets, line, taps, identity):
+    """:func:`_fused_pass` of sums for integer dtypes, compiled in their place (a fused pass costs about two
+    seconds a kind and dtype to compile): integers are summed as float64 cell values (:func:`_forward_sum`)."""
+    raise AssertionError("integer windows are summed in float64, not in their own dtype")
 
 
 @functools.cache
@@ -385,7 +397,7 @@ def _line_adjoint(src, dst, geom, taps):
     """Transpose of a sum pass: spread ``src (A, out, I)`` over the cells of ``dst (A, L, I)``."""
     if geom[_SLIDING]:  # cell p gets the windows o with o + start <= p < o + start + kernel
         kernel = geom[_KERNEL]
-        _sliding_pass(SUM, False, src, dst, kernel, 1 - kernel - geom[_START], 0.0)
+        _sliding_pass(SUM, KEEP_NANS, src, dst, kernel, 1 - kernel - geom[_START], 0.0)
         return
     lines, length, inner = dst.shape
     out, stride = src.shape[1], geom[_STRIDE]
@@ -438,17 +450,17 @@ def _sum_plane_rows_last(plane, geom, taps, zero, target):
     along_d = stacks
     if not geom[0, _IDENTITY]:
         along_d = np.empty((1, od, height * width), dtype=target.dtype)
-        _line_pass(SUM, False, stacks, along_d, geom[0], taps[0], zero)
+        _line_pass(SUM, KEEP_NANS, stacks, along_d, geom[0], taps[0], zero)
     columns = along_d.reshape(od, height, width)
     along_h = columns
     if not geom[1, _IDENTITY]:
         along_h = np.empty((od, oh, width), dtype=target.dtype)
-        _line_pass(SUM, False, columns, along_h, geom[1], taps[1], zero)
+        _line_pass(SUM, KEEP_NANS, columns, along_h, geom[1], taps[1], zero)
     rows = along_h.reshape(od * oh, width, 1)
     if geom[2, _IDENTITY]:
         target[:] = rows.reshape(-1)
     else:
-        _line_pass(SUM, False, rows, target.reshape(od * oh, ow, 1), geom[2], taps[2], zero)
+        _line_pass(SUM, KEEP_NANS, rows, target.reshape(od * oh, ow, 1), geom[2], taps[2], zero)
 
 
 @njit(nogil=True, cache=True)
@@ -532,7 +544,7 @@ def _strip(axis, axis_taps, first, stop, strip_axis, strip_taps):
 
 
 @njit(nogil=True, cache=True)
-def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target, lanes=False):
+def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target, lanes):
     """Pool one ``b``: ``plane (D, H*W*I)`` into the flat ``target`` (``od*oh*ow*I``), same dtype.
 
     Axes go W, H, then D: rows first. Combining each window's rows before
@@ -574,7 +586,7 @@ def _pool_plane(kind, ignore_nan, plane, geom, taps, identity, target, lanes=Fal
         _line_pass(kind, ignore_nan, stacks, target.reshape(1, od, oh * ow * inner), geom[0], taps[0], identity)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+@njit(nogil=True, cache=True)
 def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan, identity):
     """Pool ``x5[start:stop]`` (``x5`` is ``(B, D, H, W, I)``) in its own dtype; sums are then divided.
 
@@ -585,30 +597,30 @@ def _forward_direct(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan
     _planes, depth, height, width, inner = x5.shape
     cells = out5.shape[1] * out5.shape[2] * out5.shape[3]
     if _as_lanes(x5.shape):
-        _forward_lanes(start, stop, x5, out5, geom, taps, divisor, divisor.size > 0, kind, ignore_nan, identity, 1.0)
+        _forward_lanes(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan, identity, 1.0)
         return
     sums = np.empty((1, cells if divisor.size else 0, inner), dtype=out5.dtype)  # one plane's sums, in cache
     scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         plane = x5[b].reshape(depth, height * width * inner)
         if divisor.size:
-            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], sums.reshape(-1))
+            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], sums.reshape(-1), PLANES)
             _finish(sums, out5[b].reshape(1, cells, inner), scale, divisor, out5.shape[1:4], 1.0)
         else:
-            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1))
+            _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], out5[b].reshape(-1), PLANES)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
-def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, finished, kind, ignore_nan, identity, root):
+@njit(nogil=True, cache=True)
+def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, kind, ignore_nan, identity, root):
     """:func:`_forward_direct` of small channels-first planes (:func:`_as_lanes`), ``GROUP_CELLS`` input
     cells' worth at a time, transposed so that the planes are the lanes of one plane: the passes then run
     across the planes, vectorised, instead of along rows of a few cells, and a plane costs no call of its
-    own. Each plane's cells combine in the order of a channels-last plane's. With ``finished``, sums are
-    divided by ``divisor`` and taken to ``1/root`` (:func:`_finish`)."""
+    own. Each plane's cells combine in the order of a channels-last plane's. Sums are divided by
+    ``divisor`` (where it is not empty) and taken to ``1/root`` (where it is not 1: :func:`_finish`)."""
     _planes, depth, height, width, _inner = x5.shape
     in_cells, cells = depth * height * width, out5.shape[1] * out5.shape[2] * out5.shape[3]
     group, outs = max(1, GROUP_CELLS // in_cells), out5.shape[1:4]
-    scale = _plane_scale(divisor, outs)
+    scale, finished = _plane_scale(divisor, outs), divisor.size > 0 or root != 1.0
     lanes = np.empty(in_cells * group, dtype=x5.dtype)
     pooled = np.empty(cells * group, dtype=x5.dtype)
     results = np.empty(cells * group if finished else 0, dtype=out5.dtype)
@@ -618,7 +630,7 @@ def _forward_lanes(start, stop, x5, out5, geom, taps, divisor, finished, kind, i
         _transpose(x5[first : first + count].reshape(count, in_cells), plane)
         windows = pooled[: cells * count]
         lines = plane.reshape(depth, height * width * count)
-        _pool_plane(kind, ignore_nan, lines, geom, taps, identity[0], windows, lanes=True)
+        _pool_plane(kind, ignore_nan, lines, geom, taps, identity[0], windows, LANES)
         target = out5[first : first + count].reshape(count, cells)
         if finished:
             result = results[: cells * count].reshape(cells, count)
@@ -648,7 +660,7 @@ def _plane_scale(divisor, outs):
     return scale
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _finish(windows, target, scale, divisor, outs, root):
     """``target = (windows / scale) ** (1/root)`` for windows ``(B, od*oh*ow, I)``: the finish step of a sum.
 
@@ -658,11 +670,12 @@ def _finish(windows, target, scale, divisor, outs, root):
     does not vectorise a loop whose store may overlap its loads.
     Channels-first windows are finished along each plane's windows (or
     rows), or along the planes where a plane has one window (global
-    pooling); channels-last ones along the lanes. Its callers compile with
-    NumPy's error model: under Python's, every division tests its divisor
-    for zero and raises, which keeps LLVM from vectorising the divisions
-    (twice the time). No scale is zero: each factor counts cells or is a
-    divisor override the Window has checked.
+    pooling); channels-last ones along the lanes. It compiles with NumPy's
+    error model: under Python's, every division tests its divisor for zero
+    and raises, which keeps LLVM from vectorising the divisions (twice the
+    time). No scale is zero: each factor counts cells or is a divisor
+    override the Window has checked. A function of its own, not inlined:
+    each pair of dtypes compiles it once for all the kernels that sum.
     """
     planes, cells, inner = windows.shape
     sums, results = windows.reshape(-1), target.reshape(-1)
@@ -716,7 +729,7 @@ def _rooted(v, root):
     return v
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+@njit(nogil=True, cache=True)
 def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
     """Sums of cell values of ``x5[start:stop]`` in float64, divided by ``divisor`` (if any), to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
@@ -728,14 +741,15 @@ def _forward_sum(start, stop, x5, out5, geom, taps, divisor, cell, power, root):
             count = min(group, stop - first)
             _cell_values(cell, power, x5[first : first + count], values[:count])
             chunk = out5[first : first + count]
-            _forward_lanes(0, count, values[:count], chunk, geom, taps, divisor, True, SUM, False, np.zeros(1), root)
+            start = np.int64(0)  # not a literal 0 (see SUM)
+            _forward_lanes(start, count, values[:count], chunk, geom, taps, divisor, SUM, KEEP_NANS, np.zeros(1), root)
         return
     sums = np.empty((1, cells, inner), dtype=np.float64)
     values = np.empty((depth, height * width * inner), dtype=np.float64)
     scale = _plane_scale(divisor, out5.shape[1:4])
     for b in range(start, stop):
         _cell_values(cell, power, x5[b].reshape(depth, height * width * inner), values)
-        _pool_plane(SUM, False, values, geom, taps, 0.0, sums.reshape(-1))
+        _pool_plane(SUM, KEEP_NANS, values, geom, taps, 0.0, sums.reshape(-1), PLANES)
         _finish(sums, out5[b].reshape(1, cells, inner), scale, divisor, out5.shape[1:4], root)
 
 
@@ -775,8 +789,9 @@ def _forward_indices(start, stop, x5, out5, geom, taps, idx5, origin, kind, igno
         if inner > 1:
             _scan_windows(x5[b : b + 1], best, where, geom, taps, origin, kind, ignore_nan)
             continue
-        _pool_plane(kind, ignore_nan, x5[b].reshape(depth, height * width), geom, taps, identity[0], best.reshape(-1))
-        _winners(x5[b].reshape(-1), best.reshape(-1), where.reshape(-1), geom, taps, origin, ignore_nan)
+        plane, results = x5[b].reshape(depth, height * width), best.reshape(-1)
+        _pool_plane(kind, ignore_nan, plane, geom, taps, identity[0], results, PLANES)
+        _winners(x5[b].reshape(-1), results, where.reshape(-1), geom, taps, origin, ignore_nan)
 
 
 @njit(nogil=True, cache=True)
@@ -859,7 +874,7 @@ def _scatter(start, stop, dy3, idx3, dx3):
                 dx3[b, idx3[b, q, i], i] += dy3[b, q, i]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+@njit(nogil=True, cache=True)
 def _spread(start, stop, grad5, dx5, local5, divisor, geom, taps):
     """Backward of sums over planes ``start:stop``: each window's gradient to its real cells, times ``local5``.
 
@@ -933,7 +948,8 @@ def _compile_spread_in_lanes(start, stop, grad5, dx5, local5, divisor, first_tab
                 _transpose(local5[first : first + count].reshape(count, in_cells), local.reshape(in_cells, count))
             lanes = cells[: in_cells * count].reshape(1, depth, height, width, count)
             local_lanes = local.reshape(1 if local5.size else 0, depth, height, width, count)
-            spread(0, 1, grad.reshape(1, od, oh, ow, count), lanes, local_lanes, divisor, first_table, second_table)
+            one = (np.int64(0), np.int64(1))  # not literals (see SUM): the spread compiled for whole calls
+            spread(*one, grad.reshape(1, od, oh, ow, count), lanes, local_lanes, divisor, first_table, second_table)
             _transpose(lanes.reshape(in_cells, count), dx5[first : first + count].reshape(count, in_cells))
 
     return in_lanes
@@ -1075,11 +1091,9 @@ def _bins_line(kind, ignore_nan, src, dst, bounds):
             _select_lines(kind, True, rows, targets, bounds)
         else:
             _select_lines(kind, False, rows, targets, bounds)
-    elif kind == SUM:
-        _combine_lanes(SUM, False, src, dst, bounds)
     elif ignore_nan:
         _combine_lanes(kind, True, src, dst, bounds)
-    else:
+    else:  # sums too: one compiled function with the selects that keep NaNs
         _combine_lanes(kind, False, src, dst, bounds)
 
 
@@ -1147,7 +1161,7 @@ def _as_lanes(shape):
     return shape[4] == 1 and shape[1] * shape[2] * shape[3] <= LANE_CELLS and shape[3] <= LANE_ROW
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True)
 def _transpose(src, dst):
     """``dst[c, r] = src[r, c]``, ``TRANSPOSE_ROWS`` rows of ``src`` at a time: each column of a block is
     then a short run of ``dst``, and a block's rows stay in cache while its columns are read."""
@@ -1284,7 +1298,7 @@ def _bins_select(start, stop, kind, ignore_nan, x5, out5, bounds, outs, group):
         _bins_group(kind, ignore_nan, x5[first:last], bounds, outs, out5[first:last])
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+@njit(nogil=True, cache=True)
 def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, group):
     """Sums of cell values over the bins of planes ``start:stop`` in float64, divided, to ``1/root``."""
     _planes, depth, height, width, inner = x5.shape
@@ -1296,10 +1310,10 @@ def _bins_sum(start, stop, cell, power, x5, out5, bounds, outs, divisor, root, g
         last = min(first + group, stop)
         count = last - first
         if cell == CELL_FLOAT:
-            _bins_group(SUM, False, x5[first:last], bounds, outs, sums[:count])
+            _bins_group(SUM, KEEP_NANS, x5[first:last], bounds, outs, sums[:count])
         else:
             _cell_values(cell, power, x5[first:last], values[:count])
-            _bins_group(SUM, False, values[:count], bounds, outs, sums[:count])
+            _bins_group(SUM, KEEP_NANS, values[:count], bounds, outs, sums[:count])
         finished = out5[first:last].reshape(count, cells, inner)
         _finish(sums[:count].reshape(count, cells, inner), finished, scale, divisor, outs, root)
 
@@ -1330,7 +1344,7 @@ def _bins_adjoint(src, dst, bounds):
                     dst[a, p, i] += src[a, o, i]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")  # see _finish
+@njit(nogil=True, cache=True)
 def _bins_spread(start, stop, grad5, dx5, local5, divisor, bounds, outs):
     """Backward of bin sums over planes ``start:stop``: as :func:`_spread`, each bin's gradient to its cells."""
     _planes, depth, height, width, inner = dx5.shape
@@ -1369,7 +1383,6 @@ def _tables(window: Window) -> tuple[np.ndarray, np.ndarray]:
         )  # fmt: skip
         for tap in axis.taps:
             taps[row, tap.offset] = (tap.out_start, tap.out_stop, tap.in_start)
-    geom.flags.writeable = taps.flags.writeable = False
     return geom, taps
 
 
@@ -1429,7 +1442,6 @@ def _kernel_input(x: np.ndarray, reduction: Reduction):
 def _identity(reduction: Reduction, kdtype: np.dtype, dtype: np.dtype) -> np.ndarray:
     """The reduction's identity for kernel dtype ``kdtype`` as a one-cell array of ``dtype``, the kernels' form."""
     identity = np.array([reduction.identity(kdtype)], dtype=dtype)
-    identity.flags.writeable = False
     return identity
 
 
@@ -1446,7 +1458,6 @@ def _divisors(reduction: Reduction, geometry) -> np.ndarray:
     table = np.ones((len(per_axis), max((f.size for f in per_axis), default=0)))
     for row, f in enumerate(per_axis):
         table[row, : f.size] = f
-    table.flags.writeable = False
     return table
 
 
@@ -1574,7 +1585,6 @@ def _bins_tables(bins: Bins) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.zeros((3, int(outs.max()), 2), dtype=np.int64)
     for row, axis in enumerate(per_axis):
         bounds[row, : len(axis)] = axis
-    bounds.flags.writeable = outs.flags.writeable = False
     return bounds, outs
 
 
@@ -1665,7 +1675,7 @@ def _launch(kernel, work: np.ndarray, *args) -> None:
     planes = work.shape[0]
     threads = 1 if work.size < SERIAL_CELLS else min(thread_count(), planes)
     if threads <= 1:
-        kernel(0, planes, *args)
+        _run([[(kernel, (0, planes, *args))]])
         return
     _run([[(kernel, (planes * t // threads, planes * (t + 1) // threads, *args))] for t in range(threads)])
 
@@ -1698,7 +1708,6 @@ def _launch_window(kernel, window: Window, x5: np.ndarray, out5: np.ndarray, *ar
                 if divisor.size:
                     scale = divisor.copy()
                     scale[row, : stop - first] = divisor[row, first:stop]
-                    scale.flags.writeable = False  # the type the kernel was compiled for
                 extra = (scale,)
             if idx5 is not None:
                 extra += (idx5[outside], low * int(np.prod(x5.shape[2 + row : 4])))
@@ -1727,9 +1736,32 @@ def _bands(window: Window, count: int) -> tuple[tuple, ...]:
     for first, stop in itertools.pairwise(cuts):
         band_geom, band_taps = geom.copy(), taps.copy()
         low, high = _strip(geom[row], taps[row], first, stop, band_geom[row], band_taps[row])
-        band_geom.flags.writeable = band_taps.flags.writeable = False
         bands.append((row, low, high, first, stop, band_geom, band_taps))
     return tuple(bands)
+
+
+class _Memory:
+    """The memory of a read-only array, offered as writeable through the array interface (see :func:`_writable`)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array  # keeps the memory alive as long as the view
+        interface = array.__array_interface__
+        self.__array_interface__ = {**interface, "data": (interface["data"][0], False)}
+
+
+def _writable(value):
+    """``value``, or for a read-only array a writeable view of the same memory.
+
+    Numba compiles a function apart for read-only arrays: without this,
+    every kernel would compile twice per dtype, once more for the first
+    read-only input (a Dask chunk, a memory map, a frozen table). The
+    kernels never write an array they read. The tables they read
+    (:func:`_tables`, :func:`_bins_tables`, ...) are made writeable for the
+    same reason, so that a call looks none of them up here.
+    """
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        return np.asarray(_Memory(value))
+    return value
 
 
 def _run(calls: list[list[tuple]]) -> None:
@@ -1741,7 +1773,7 @@ def _run(calls: list[list[tuple]]) -> None:
     """
     if len(calls) == 1:
         for kernel, args in calls[0]:
-            kernel(*args)
+            kernel(*map(_writable, args))
         return
     helpers = len(calls) - 1
     with _POOL_LOCK:  # submitted under the lock: no other call can shut this pool down in between
