@@ -248,8 +248,8 @@ def _fused_pass(kind, cells, targets, line, taps, identity):
     Compiled through the overload below for a literal ``kind``: with nine
     loops in one function, LLVM no longer hoists a runtime kind's tests out
     of them (twice the time of a max). Its arguments are flat arrays and
-    integers only (and a copy of the taps, so that read-only tables and a
-    strip's writeable ones are one type), so that each dtype compiles it
+    integers only (and a C-contiguous copy of the axis's taps, one array
+    type whatever table they come from), so that each dtype compiles it
     once per kind.
     """
     _fused_for(kind)(kind, cells, targets, line, taps, identity)
