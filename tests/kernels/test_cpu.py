@@ -215,6 +215,17 @@ def test_read_only_inputs_run_the_kernels_compiled_for_writeable_ones(op, shape)
     assert (ones == 1).all() and not frozen.flags.writeable
 
 
+def test_integer_windows_are_never_summed_in_their_own_dtype():
+    """The fused pass of sums is not compiled for integers (they are summed as float64 cell values): reached
+    anyway, it raises instead of returning wrong sums."""
+    geom, taps = cpu._tables(pk.Window.build((8,), 2, stride=2))
+    cells, sums = np.arange(8, dtype=np.int32).reshape(1, 8, 1), np.zeros((1, 4, 1), dtype=np.int32)
+    with pytest.raises(AssertionError, match="integer windows are summed in float64"):
+        cpu._line_pass(cpu.SUM, cpu.KEEP_NANS, cells, sums, geom[2], taps[2], np.int32(0))
+    cpu._line_pass(cpu.MAX, cpu.KEEP_NANS, cells, sums, geom[2], taps[2], np.int32(-(2**31)))
+    np.testing.assert_array_equal(sums.reshape(-1), [1, 3, 5, 7])  # the same call for a select pools
+
+
 def test_averages_divide_like_the_reference_and_torch():
     """``sum / divisor``, not ``sum * (1 / divisor)``: the same last bit as the reference."""
     x = np.random.default_rng(4).standard_normal((2, 3, 200))
