@@ -8,6 +8,12 @@ must move (input + output, or for a backward pass dy + x read and dx written)
 divided by the copy bandwidth measured in the same run
 (``2 * input bytes / copy time``).
 
+Then the start-up and overhead targets: ``import poolkit`` and the first
+call in new processes, with the kernels already in Numba's disk cache (best
+of three processes); the per-call overhead of ``max_pool2d`` on a 1x1x8x8
+input; and, in a new process each, the extra peak memory (resident set) of
+a forward call beyond its output.
+
 Prints a table, writes ``benchmarks/results/latest.json`` and
 ``benchmarks/results/latest.md``. ``--quick`` runs a subset in under a minute.
 
@@ -20,7 +26,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+import timeit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,6 +253,82 @@ def measure(case: Case, repeats: int, threads: int) -> dict:
     }
 
 
+STARTUP = """
+import json, time
+start = time.perf_counter()
+import poolkit as pk
+imported = time.perf_counter()
+import numpy as np
+pk.max_pool2d(np.ones((1, 1, 8, 8), np.float32), 2)
+print(json.dumps({"import_s": imported - start, "first_call_s": time.perf_counter() - imported}))
+"""
+
+MEMORY = """
+import json, sys
+import numpy as np, poolkit as pk
+def resident(field):  # VmRSS (now) or VmHWM (the high-water mark) of this process, in bytes
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field + ":"))
+op, shape = sys.argv[1], tuple(map(int, sys.argv[2:]))
+pool = getattr(pk, op + "_pool2d")
+pool(np.ones((1, 1, 9, 9), np.float32), 3, 2, 1)  # loads the kernels
+x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # the high-water mark starts again from the resident set now
+before = resident("VmRSS")
+y = pool(x, 3, 2, 1)
+peak = resident("VmHWM")
+print(json.dumps({"extra_bytes": peak - before - y.nbytes, "input_bytes": x.nbytes, "output_bytes": y.nbytes}))
+"""
+
+MEMORY_CASES = [("max", (16, 64, 112, 112)), ("avg", (16, 64, 112, 112))]
+
+
+def in_fresh_process(code: str, *args: str) -> dict:
+    """Run ``code`` in a new interpreter (with this one's environment) and read the JSON line it prints."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def startup(repeats: int) -> dict:
+    """Start-up times (best of three fresh processes after one that fills the cache), per-call overhead and
+    the extra peak memory of forward calls (Linux: the ``VmHWM`` of ``/proc/self/status``)."""
+    in_fresh_process(STARTUP)
+    starts = [in_fresh_process(STARTUP) for _ in range(3)]
+    import poolkit as pk
+
+    tiny = np.ones((1, 1, 8, 8), np.float32)
+    pk.max_pool2d(tiny, 2)
+    overhead = min(timeit.repeat(lambda: pk.max_pool2d(tiny, 2), number=1000, repeat=repeats)) / 1000
+    memory = []
+    if sys.platform.startswith("linux"):
+        for op, shape in MEMORY_CASES:
+            found = in_fresh_process(MEMORY, op, *map(str, shape))
+            memory.append({"op": op, "shape": list(shape), **found})
+    return {
+        "import_s": min(s["import_s"] for s in starts),
+        "first_call_s": min(s["first_call_s"] for s in starts),
+        "overhead_s": overhead,
+        "memory": memory,
+    }
+
+
+def startup_text(found: dict) -> str:
+    lines = [
+        f"- `import poolkit`: {found['import_s']:.2f} s; first call (`max_pool2d`, kernels in the disk cache): "
+        f"{found['first_call_s']:.2f} s (each the best of three new processes)",
+        f"- per-call overhead, `max_pool2d` on 1x1x8x8: {found['overhead_s'] * 1e6:.1f} us",
+    ]
+    for m in found["memory"]:
+        shape = "x".join(map(str, m["shape"]))
+        lines.append(
+            f"- extra peak memory of `{m['op']}_pool2d(x, 3, 2, 1)` on {shape}, beyond its "
+            f"{m['output_bytes'] / 2**20:.1f} MiB output: {m['extra_bytes'] / 2**20:.1f} MiB "
+            f"(input {m['input_bytes'] / 2**20:.0f} MiB)"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict], machine: str) -> str:
     names = ["poolkit", "torch", "torch-channels-last", "onnxruntime", "jax", "numpy-sliding-window"]
     lines = [
@@ -289,12 +374,16 @@ def main() -> None:
         times = "  ".join(f"{k} {v * 1e3:.2f}" for k, v in result["times_s"].items())
         print(f"{case.name:42s} floor {result['floor_s'] * 1e3:6.2f} ms | {times} | "
               f"poolkit/floor {result['poolkit_over_floor']:.2f}", flush=True)  # fmt: skip
+    if args.only and args.only not in "start-up":
+        return
+    started = startup(args.repeats)
+    print(startup_text(started), flush=True)
     if args.only:
         return
     RESULTS.mkdir(exist_ok=True)
-    report = {"machine": machine, "quick": args.quick, "results": results}
+    report = {"machine": machine, "quick": args.quick, "results": results, "startup": started}
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "latest.md").write_text(markdown(results, machine))
+    (RESULTS / "latest.md").write_text(markdown(results, machine) + "\n" + startup_text(started))
     print()
     print(markdown(results, machine))
 

@@ -181,6 +181,14 @@ class Window:
 
     axes: tuple[Axis, ...]
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """The hash of the axes, formed once: the kernels look their tables up by Window on every call."""
+        return hash(self.axes)
+
     @classmethod
     def build(
         cls,

@@ -1036,45 +1036,46 @@ def _compile_select_lines(kind, ignore_nan, rows, targets, bounds):
 
 
 def _keyed_select_lines(bits):
-    """:func:`_select_lines` for floats whose bit patterns read as the integer type ``bits``.
+    """:func:`_select_lines` for floats whose bit patterns read as the signed integer type ``bits``.
 
-    A float's bits ``b`` give the key ``b ^ ((b >> (n-1)) & (2**(n-1) - 1))``,
-    an integer that orders as the float does (``-0 < +0``; NaNs beyond
-    ``±inf``). An integer max or min vectorises where the float select rule
-    does not, so runs of at least ``KEYED_RUN`` cells take the key extremes
-    first. A run that holds a NaN, or whose result is a zero (where ``-0``
-    and ``+0`` tie and the first one seen must win), is scanned again by the
-    exact rule; every other result is the one cell with that key.
+    A float's bits order as a signed integer among the floats ``>= +0``,
+    and as an unsigned one among those ``<= -0`` (the larger, the more
+    negative). Runs of at least ``KEYED_RUN`` cells take both integer
+    maxima, which vectorise where the float select rule does not: a maximum
+    above ``+0`` is the signed one, a minimum below ``-0`` the unsigned one,
+    and a NaN shows as a signed maximum above ``+inf`` or an unsigned one
+    above ``-inf``. Every other run (a NaN in it, a zero result, where
+    ``-0`` and ``+0`` tie and the first one seen must win, or a maximum of
+    negative cells only, a minimum of non-negative ones) is scanned again by
+    the exact rule. The bits of a result are those of a cell of the run.
     """
+    unsigned = {np.int32: np.uint32, np.int64: np.uint64}[bits]
     width = np.dtype(bits).itemsize * 8
-    shift, mask = bits(width - 1), bits(2 ** (width - 1) - 1)
-    lowest, highest = bits(np.iinfo(bits).min), bits(np.iinfo(bits).max)
-    infinity = np.array([np.inf, -np.inf], dtype=np.float32 if width == 32 else np.float64).view(bits)
-    top, bottom = infinity[0], infinity[1] ^ mask  # the keys of +inf and -inf
+    lowest, negative_zero = bits(np.iinfo(bits).min), unsigned(1 << (width - 1))
+    infinity = np.array([np.inf, -np.inf], dtype=np.float32 if width == 32 else np.float64)
+    top, bottom = infinity[:1].view(bits)[0], infinity[1:].view(unsigned)[0]  # the bits of +inf and -inf
 
     def keyed(kind, ignore_nan, rows, targets, bounds):
-        keys = rows.view(bits).reshape(-1)
+        signed, raw = rows.view(bits).reshape(-1), rows.view(unsigned).reshape(-1)
         length = rows.shape[1]
-        scratch = np.empty(1, dtype=bits)
+        scratch = np.empty(1, dtype=unsigned)
         value = scratch.view(rows.dtype)
         for a in range(rows.shape[0]):
             for o in range(targets.shape[1]):
                 first, stop = bounds[o, 0], bounds[o, 1]
                 exact = stop - first < KEYED_RUN
                 if not exact:
-                    high, low = lowest, highest
+                    high, beyond = lowest, unsigned(0)
                     offset = np.uint64(a * length + first)  # unsigned: no negative-index test in the loop
                     for q in range(np.uint64(stop - first)):
-                        b = keys[offset + q]
-                        key = b ^ ((b >> shift) & mask)
-                        high = max(high, key)
-                        low = min(low, key)
-                    best = high if kind == MAX else low
-                    exact = low < bottom or high > top or best == 0 or best == -1
+                        high = max(high, signed[offset + q])
+                        beyond = max(beyond, raw[offset + q])
+                    found = high > 0 if kind == MAX else beyond > negative_zero
+                    exact = high > top or beyond > bottom or not found
+                    scratch[0] = unsigned(high) if kind == MAX else beyond
                 if exact:
                     targets[a, o] = _select_run(kind, ignore_nan, rows[a], first, stop)
                 else:
-                    scratch[0] = best ^ ((best >> shift) & mask)
                     targets[a, o] = value[0]
 
     return keyed
