@@ -314,6 +314,7 @@ def startup(repeats: int) -> dict:
 
 
 def startup_text(found: dict) -> str:
+    """The lines printed, and written under the table, for :func:`startup`'s measurements."""
     lines = [
         f"- `import poolkit`: {found['import_s']:.2f} s; first call (`max_pool2d`, kernels in the disk cache): "
         f"{found['first_call_s']:.2f} s (each the best of three new processes)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -59,6 +61,18 @@ def test_window_is_cached_and_immutable():
         first.axes[0].real_counts[0] = 5
     with pytest.raises(AttributeError):
         first.axes = ()
+
+
+def test_a_window_hashes_as_its_axes_once_formed_and_after_pickling():
+    """The hash is formed once and kept (the kernels' caches look a Window up on every call); an equal
+    Window built apart, or one that went through pickle, hashes and compares the same."""
+    first = Window.build((9, 9), 3, 2, 1)
+    apart = Window(axes=first.axes)
+    copied = pickle.loads(pickle.dumps(first))
+    assert apart is not first and apart == first == copied
+    assert hash(first) == hash(apart) == hash(copied) == hash(first.axes)
+    assert {first: "tables"}[copied] == "tables"
+    assert hash(Window.build((9, 9), 3, 2, 0)) != hash(first)
 
 
 def test_counts_and_divisors_at_the_border():

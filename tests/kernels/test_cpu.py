@@ -482,8 +482,9 @@ def test_bins_match_reference(case, name, want_indices):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["max", "min", "max-ignore-nan"])
 @pytest.mark.parametrize("length", [15, 16, 49, 100])
-def test_keyed_selects_agree_bit_for_bit(dtype, name, length):
-    """Long float runs select by integer keys; NaN payloads, signed zeros and infinities come out as the scan's."""
+def test_selects_by_bits_agree_bit_for_bit(dtype, name, length):
+    """Long float runs select by the integer maxima of their bits; NaN payloads, signed zeros and infinities
+    come out as the scan's."""
     rng = np.random.default_rng(length)
     x = rng.standard_normal((64, length)).astype(dtype)
     x[1:8] = rng.choice(np.array([0.0, -0.0], dtype=dtype), (7, length))  # zero ties: the first zero wins
@@ -610,6 +611,39 @@ def test_large_planes_pooled_in_strips(shape, kernel, stride, padding, dilation,
     else:
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     # overlapping windows add into float32 dx here, in float64 in the reference
+    np.testing.assert_allclose(pull(dy), pull_ref(dy), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "channels_last", "lanes", "extent"),
+    [
+        ((1, 2, 3, 60, 400), (1, 9, 5), False, 400, 60 + 9 - 1),  # the H pass: lanes are the 400 cells of a row
+        ((1, 600, 1, 12, 30), (1, 5, 13), True, 600, 30 + 13 - 1),  # the W pass: lanes are the 600 channels
+    ],
+)
+@pytest.mark.parametrize("op", ["max", "min", "avg"])
+def test_sliding_windows_over_more_lanes_than_one_doubling_block(shape, kernel, channels_last, lanes, extent, op):
+    """Stride-1 windows whose lines hold more lanes than one doubling block (``DOUBLING_CELLS // extent``)
+    pool a block at a time through the buffer, not straight into the output; values and gradients as the
+    reference."""
+    assert max(cpu.LANE_BLOCK, cpu.DOUBLING_CELLS // extent) < lanes
+    rng = np.random.default_rng(lanes)
+    x = rng.standard_normal(shape).astype(np.float32)  # few ties: a window short of a cell shows
+    zeros = rng.random(shape) < 0.02
+    x[zeros] = rng.choice(np.array([0.0, -0.0], dtype=np.float32), int(zeros.sum()))
+    x[rng.random(shape) < 0.001] = np.nan
+    x, _ = _arrange(x, "last" if channels_last else "first")
+    fn = getattr(pk, f"{op}_pool3d")
+    params = dict(stride=1, padding=tuple(k // 2 for k in kernel), channels_last=channels_last)
+    (y, pull), (y_ref, pull_ref) = (pk.vjp(fn, x, kernel, backend=b, **params) for b in ("numba", "numpy"))
+    plain = fn(x, kernel, **params)  # without a pullback a select pools as a sum does, by the doubling blocks
+    for result in (y, plain):
+        if op == "avg":
+            np.testing.assert_allclose(result, y_ref, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(result, y_ref)
+            assert (np.signbit(result) == np.signbit(y_ref)).all()
+    dy = rng.standard_normal(y.shape)
     np.testing.assert_allclose(pull(dy), pull_ref(dy), rtol=1e-5, atol=1e-5)
 
 

@@ -379,23 +379,20 @@ def _sliding_pass(kind, ignore_nan, src, dst, kernel, start, identity):
                     _add_blocks(total, m, np.uint64(offset * width), ZERO_AT, used, offset == 0, zero)
                     offset += size
                 _add_blocks(total, m, np.uint64(offset * width), np.uint64(size * width), used, offset == 0, zero)
-                for line in range(count):
-                    into = (a + line) * out * inner + first
-                    _copy_runs(total, line * span, width, targets, into, inner, out, width)
-                continue
-            # a select's top block that starts with each window, then the one that ends with it: straight into
-            # the targets where a line's windows are one run of them, else through the buffer
-            shift = np.uint64((kernel - top) * width)
-            if width == inner:
-                runs = np.uint64(out * width)
-                for line in range(count):
-                    put, source = np.uint64((a + line) * out * inner), np.uint64(line * span)
-                    _combine_into(kind, ignore_nan, targets, put, m, source, shift, runs)
-                continue
-            _combine_into(kind, ignore_nan, n, ZERO_AT, m, ZERO_AT, shift, used - shift)
+                windows = total
+            else:  # a select's top block that starts with each window, then the one that ends with it
+                shift = np.uint64((kernel - top) * width)
+                if width == inner:  # each line's windows are one run of the targets: straight into them
+                    runs = np.uint64(out * width)
+                    for line in range(count):
+                        put, source = np.uint64((a + line) * out * inner), np.uint64(line * span)
+                        _combine_into(kind, ignore_nan, targets, put, m, source, shift, runs)
+                    continue
+                _combine_into(kind, ignore_nan, n, ZERO_AT, m, ZERO_AT, shift, used - shift)
+                windows = n
             for line in range(count):
                 into = (a + line) * out * inner + first
-                _copy_runs(n, line * span, width, targets, into, inner, out, width)
+                _copy_runs(windows, line * span, width, targets, into, inner, out, width)
 
 
 @njit(nogil=True, cache=True)
@@ -1013,8 +1010,8 @@ STRIP_CELLS = 1 << 14  # 2-D planes are pooled in strips of about this many inte
 DOUBLING_CELLS = 1 << 14  # a sliding pass over many lanes takes about this many buffer cells at a time
 LANE_BLOCK = 64  # ... but at least this many lanes, enough to fill the vector registers
 FUSED_KERNEL = 4  # windows of 2 to this many adjacent taps combine all their cells in one loop (see _fuses)
-KEYED_RUN = 16  # float selects over runs of at least this many cells use integer keys (see _keyed_select_lines)
-# LANE_*, STRIP_CELLS, DOUBLING_CELLS, FUSED_KERNEL and KEYED_RUN are read when a kernel compiles (and kept in
+BITWISE_RUN = 16  # float selects over runs of at least this many cells take integer maxima (_select_lines_by_bits)
+# LANE_*, STRIP_CELLS, DOUBLING_CELLS, FUSED_KERNEL and BITWISE_RUN are read when a kernel compiles (and kept in
 # its disk cache); SERIAL_CELLS and GROUP_CELLS are read on every call.
 
 
@@ -1068,19 +1065,20 @@ def _select_lines(kind, ignore_nan, rows, targets, bounds):
 
 @overload(_select_lines, jit_options={"nogil": True})
 def _compile_select_lines(kind, ignore_nan, rows, targets, bounds):
-    """Float rows select by ordered integer keys (:func:`_keyed_select_lines`); other dtypes scan directly."""
+    """Float rows select by the integer maxima of their bits (:func:`_select_lines_by_bits`); other dtypes scan
+    directly."""
     bits = {32: np.int32, 64: np.int64}.get(getattr(rows.dtype, "bitwidth", 0))
     if isinstance(rows.dtype, types.Float) and bits is not None and rows.layout == "C":
-        return _keyed_select_lines(bits)
+        return _select_lines_by_bits(bits)
     return _select_lines
 
 
-def _keyed_select_lines(bits):
+def _select_lines_by_bits(bits):
     """:func:`_select_lines` for floats whose bit patterns read as the signed integer type ``bits``.
 
     A float's bits order as a signed integer among the floats ``>= +0``,
     and as an unsigned one among those ``<= -0`` (the larger, the more
-    negative). Runs of at least ``KEYED_RUN`` cells take both integer
+    negative). Runs of at least ``BITWISE_RUN`` cells take both integer
     maxima, which vectorise where the float select rule does not: a maximum
     above ``+0`` is the signed one, a minimum below ``-0`` the unsigned one,
     and a NaN shows as a signed maximum above ``+inf`` or an unsigned one
@@ -1095,7 +1093,7 @@ def _keyed_select_lines(bits):
     infinity = np.array([np.inf, -np.inf], dtype=np.float32 if width == 32 else np.float64)
     top, bottom = infinity[:1].view(bits)[0], infinity[1:].view(unsigned)[0]  # the bits of +inf and -inf
 
-    def keyed(kind, ignore_nan, rows, targets, bounds):
+    def by_bits(kind, ignore_nan, rows, targets, bounds):
         signed, raw = rows.view(bits).reshape(-1), rows.view(unsigned).reshape(-1)
         length = rows.shape[1]
         scratch = np.empty(1, dtype=unsigned)
@@ -1103,7 +1101,7 @@ def _keyed_select_lines(bits):
         for a in range(rows.shape[0]):
             for o in range(targets.shape[1]):
                 first, stop = bounds[o, 0], bounds[o, 1]
-                exact = stop - first < KEYED_RUN
+                exact = stop - first < BITWISE_RUN
                 if not exact:
                     high, beyond = lowest, unsigned(0)
                     offset = np.uint64(a * length + first)  # unsigned: no negative-index test in the loop
@@ -1118,7 +1116,7 @@ def _keyed_select_lines(bits):
                 else:
                     targets[a, o] = value[0]
 
-    return keyed
+    return by_bits
 
 
 @njit(nogil=True, cache=True)
